@@ -1,0 +1,202 @@
+"""Load, validate and normalise a configuration file.
+
+Every error is a :class:`ConfigError` naming the JSON path of the field, e.g.
+``$.NetworkListener[2].bind[0]: "[::]:99999" is not a valid socket address``.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import msgspec
+
+from ..errors import ConfigError
+from . import model
+from .model import OBJECTS, Config
+from .secrets import resolve
+from .types import dec_hook, enc_hook
+
+_TLS13_SUITES = {"tls13-aes-256-gcm-sha384", "tls13-aes-128-gcm-sha256", "tls13-chacha20-poly1305-sha256"}
+_TLS12_SUITES = set(model.TlsCipherSuite.__args__) - _TLS13_SUITES  # type: ignore[attr-defined]
+
+
+def _line_col(text: bytes, pos: int) -> tuple[int, int]:
+    line = text.count(b"\n", 0, pos) + 1
+    col = pos - (text.rfind(b"\n", 0, pos) + 1) + 1
+    return line, col
+
+
+def _set_to_list(value: Any) -> Any:
+    """Reference map form ``{"x": true}`` -> ``["x"]`` (entries mapped to false are dropped)."""
+    if isinstance(value, dict):
+        return [k for k, v in value.items() if v is not False]
+    return value
+
+
+def _normalise_sets(raw: dict[str, Any]) -> None:
+    for name, (cls, is_collection) in OBJECTS.items():
+        if name not in raw or not cls.set_fields:
+            continue
+        items = raw[name] if is_collection else [raw[name]]
+        if not isinstance(items, list):
+            continue
+        for obj in items:
+            if isinstance(obj, dict):
+                for field in cls.set_fields:
+                    if field in obj:
+                        obj[field] = _set_to_list(obj[field])
+
+
+def _dedupe(items: list) -> list:
+    seen: set = set()
+    out = []
+    for it in items:
+        if it not in seen:
+            seen.add(it)
+            out.append(it)
+    return out
+
+
+def parse_bytes(data: bytes, source: str = "<config>") -> Config:
+    """Decode and validate one configuration document."""
+    try:
+        raw = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        msg = str(exc)
+        pos = None
+        if "(byte " in msg:
+            try:
+                pos = int(msg.rsplit("(byte ", 1)[1].rstrip(")"))
+            except ValueError:
+                pos = None
+        where = f" at line {_line_col(data, pos)[0]}, column {_line_col(data, pos)[1]}" if pos is not None else ""
+        raise ConfigError("$", f"{source} is not valid JSON{where}: {msg}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("$", "the configuration must be a JSON object whose keys are object names")
+    for key in raw:
+        if key not in OBJECTS:
+            raise ConfigError(f"$.{key}", f"unknown object {key!r} (known: {', '.join(OBJECTS)})")
+    _normalise_sets(raw)
+    try:
+        cfg = msgspec.convert(raw, Config, dec_hook=dec_hook)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        path = "$"
+        if " - at `" in msg:
+            msg, path = msg.rsplit(" - at `", 1)
+            path = path.rstrip("`")
+        raise ConfigError(path, msg) from None
+    validate(cfg)
+    return cfg
+
+
+def load(path: str) -> Config:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read configuration file {path!r}: {exc.strerror or exc}") from None
+    return parse_bytes(data, source=path)
+
+
+def _assign_ids(items: list, name: str) -> None:
+    seen: dict[str, int] = {}
+    for i, obj in enumerate(items):
+        if obj.id is None:
+            obj.id = str(i)
+        if obj.id in seen:
+            raise ConfigError(f"$.{name}[{i}].id", f"duplicate id {obj.id!r} (also used by {name}[{seen[obj.id]}])")
+        seen[obj.id] = i
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field rules that a schema cannot express. Mutates ``cfg`` to its normal form."""
+    for name, (_cls, is_collection) in OBJECTS.items():
+        if is_collection:
+            _assign_ids(getattr(cfg, name), name)
+
+    ss = cfg.SystemSettings
+    ss.proxy_trusted_networks = _dedupe(ss.proxy_trusted_networks)
+
+    names: dict[str, int] = {}
+    addrs: dict[tuple, str] = {}
+    for i, lst in enumerate(cfg.NetworkListener):
+        p = f"$.NetworkListener[{i}]"
+        if not lst.name.strip():
+            raise ConfigError(f"{p}.name", "listener name cannot be empty")
+        if lst.name in names:
+            raise ConfigError(f"{p}.name", f"duplicate listener name {lst.name!r} (also NetworkListener[{names[lst.name]}])")
+        names[lst.name] = i
+        lst.bind = _dedupe(lst.bind)
+        if not lst.bind:
+            raise ConfigError(f"{p}.bind", "at least one bind address is required")
+        for j, addr in enumerate(lst.bind):
+            if addr.port == 0:
+                raise ConfigError(f"{p}.bind[{j}]", f'"{addr}" is not a valid socket address: port 0 is not allowed')
+            if addr.key() in addrs:
+                raise ConfigError(f"{p}.bind[{j}]", f'"{addr}" is already bound by listener {addrs[addr.key()]!r}')
+            addrs[addr.key()] = lst.name
+        lst.override_proxy_trusted_networks = _dedupe(lst.override_proxy_trusted_networks)
+        lst.tls_disable_protocols = _dedupe(lst.tls_disable_protocols)
+        lst.tls_disable_cipher_suites = _dedupe(lst.tls_disable_cipher_suites)
+        if lst.tls_implicit and not lst.use_tls:
+            raise ConfigError(f"{p}.tlsImplicit", "implicit TLS needs useTls: true")
+        if set(lst.tls_disable_protocols) >= {"tls12", "tls13"}:
+            raise ConfigError(f"{p}.tlsDisableProtocols", "disabling both tls12 and tls13 leaves no TLS version")
+        disabled = set(lst.tls_disable_cipher_suites)
+        if "tls13" not in lst.tls_disable_protocols and _TLS13_SUITES <= disabled:
+            raise ConfigError(f"{p}.tlsDisableCipherSuites", "TLS 1.3 is enabled but every TLS 1.3 suite is disabled")
+        if "tls12" not in lst.tls_disable_protocols and _TLS12_SUITES <= disabled:
+            raise ConfigError(f"{p}.tlsDisableCipherSuites", "TLS 1.2 is enabled but every TLS 1.2 suite is disabled")
+
+    # Dual stack: "[::]:p" and "0.0.0.0:p" may coexist (the v6 socket then gets IPV6_V6ONLY=1).
+    cfg.Security.scan_ban_paths = _dedupe(cfg.Security.scan_ban_paths)
+
+    cert_ids = {c.id for c in cfg.Certificate}
+    if ss.default_certificate_id is not None and ss.default_certificate_id not in cert_ids:
+        raise ConfigError("$.SystemSettings.defaultCertificateId", f"no Certificate has id {ss.default_certificate_id!r}")
+    for i, cert in enumerate(cfg.Certificate):
+        resolve(cert.certificate, f"$.Certificate[{i}].certificate")
+        resolve(cert.private_key, f"$.Certificate[{i}].privateKey")
+
+    for name in ("BlockedIp", "AllowedIp"):
+        seen: dict = {}
+        for i, entry in enumerate(getattr(cfg, name)):
+            if entry.address in seen:
+                raise ConfigError(f"$.{name}[{i}].address", f"{entry.address} is already listed in {name}[{seen[entry.address]}]")
+            seen[entry.address] = i
+
+
+def os_hostname() -> str:
+    name = socket.getfqdn() or socket.gethostname() or "localhost"
+    try:
+        from .types import parse_hostname
+
+        return parse_hostname(name)
+    except ValueError:
+        return "localhost"
+
+
+def hostname(cfg: Config) -> str:
+    return str(cfg.SystemSettings.default_hostname) if cfg.SystemSettings.default_hostname else os_hostname()
+
+
+def worker_count(cfg: Config) -> int:
+    n = cfg.SystemSettings.thread_pool_size
+    if n:
+        return n
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def to_json(cfg: Config) -> bytes:
+    """The effective configuration, defaults filled in, secrets masked."""
+    raw = msgspec.to_builtins(cfg, enc_hook=enc_hook)
+    for i, cert in enumerate(raw.get("Certificate", [])):
+        pk = cert.get("privateKey", {})
+        if "secret" in pk:
+            pk["secret"] = "***"
+    return msgspec.json.format(msgspec.json.encode(raw), indent=2)
