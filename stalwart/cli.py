@@ -1,0 +1,95 @@
+"""Entry points: ``stalwartd`` (the server) and ``stalwart-cli`` (talks to a running server).
+
+Both accept ``--config FILE`` and ``--data-dir DIR`` before or after a subcommand. ``stalwart-cli``
+reaches the server through the control socket in the data directory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__, events
+from .config import default_bytes, load, parse_bytes, to_json
+from .errors import ConfigError, ControlError
+
+DEFAULT_DATA_DIR = "./data"
+
+
+def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    d = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--config", metavar="FILE", default=d,
+                        help="configuration file (JSON); default: the embedded configuration")
+    parser.add_argument("--data-dir", metavar="DIR", default=d,
+                        help=f"data directory (default: $STALWART_DATA_DIR or {DEFAULT_DATA_DIR})")
+
+
+def _data_dir(args) -> str:
+    return getattr(args, "data_dir", None) or os.environ.get("STALWART_DATA_DIR") or DEFAULT_DATA_DIR
+
+
+def stalwartd_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stalwartd", description="stalwart mail server network core")
+    _common(parser, suppress=False)
+    parser.add_argument("--log-level", choices=list(events.LEVELS), default="info")
+    parser.add_argument("--log-file", metavar="FILE", help="append log lines here instead of stderr")
+    parser.add_argument("--print-default-config", action="store_true",
+                        help="print the embedded default configuration and exit")
+    parser.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="how long sessions may run on after shutdown or reload (default 30)")
+    parser.add_argument("--heartbeat-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="a worker silent this long is killed and respawned (default 30)")
+    parser.add_argument("--version", action="version", version=f"stalwartd {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    check = sub.add_parser("check", help="validate the configuration and print the effective one")
+    _common(check, suppress=True)
+    args = parser.parse_args(argv)
+
+    if args.print_default_config:
+        sys.stdout.write(default_bytes().decode() + "\n")
+        return 0
+    if args.command == "check":
+        try:
+            cfg = load(args.config) if args.config else parse_bytes(default_bytes(), "<embedded default>")
+        except ConfigError as exc:
+            print(f"stalwartd: configuration error: {exc}", file=sys.stderr)
+            return 2
+        sys.stdout.write(to_json(cfg).decode() + "\n")
+        return 0
+
+    events.configure(args.log_level, args.log_file)
+    from .server.master import Master
+
+    master = Master(args.config, _data_dir(args), heartbeat_timeout=args.heartbeat_timeout,
+                    drain_timeout=args.drain_timeout)
+    return master.run()
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    from .server.control import request
+
+    parser = argparse.ArgumentParser(prog="stalwart-cli", description="control a running stalwartd")
+    _common(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in (("reload", "reload the configuration (same as SIGHUP)"),
+                        ("status", "show workers and connection counts"),
+                        ("stop", "graceful shutdown (same as SIGTERM)")):
+        _common(sub.add_parser(name, help=help_), suppress=True)
+    args = parser.parse_args(argv)
+    try:
+        reply = request(_data_dir(args), args.command)
+    except ControlError as exc:
+        print(f"stalwart-cli: {exc}", file=sys.stderr)
+        return 1
+    if args.command == "status":
+        print(json.dumps(reply, indent=2))
+    elif reply.get("ok"):
+        print(reply.get("message", "ok"))
+    else:
+        print(f"stalwart-cli: {reply.get('error', 'failed')}", file=sys.stderr)
+    return 0 if reply.get("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(stalwartd_main())

@@ -1,0 +1,1 @@
+"""The connection pipeline: limits -> (PROXY -> allow/block) -> TLS -> protocol session driver."""

@@ -1,0 +1,249 @@
+"""The asyncio driver of one connection: limits, socket options, TLS, then the protocol core.
+
+One :class:`Connection` per accepted socket. It owns the connection slot from ``connection_made``
+until ``connection_lost`` (network.md §7: PROXY reads and TLS handshakes hold a slot), feeds bytes
+to the sans-IO core and writes what the core returns. Timeouts are enforced by the worker's
+once-a-second sweep rather than a timer per connection, so a busy connection costs no timer
+re-arming on every read.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from typing import TYPE_CHECKING
+
+from .. import events
+from ..protocols import NEED_DATA, Send, SessionContext, StartTls
+
+if TYPE_CHECKING:
+    from ..protocols import SessionCore
+    from ..server.worker import ListenerRuntime, Worker
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = (
+        "worker", "lr", "transport", "core", "remote_ip", "remote_port", "local_port",
+        "held", "last_active", "started", "span", "shutting_down", "tls_task", "_closing",
+    )
+
+    def __init__(self, worker: Worker, lr: ListenerRuntime):
+        self.worker = worker
+        self.lr = lr
+        self.transport: asyncio.Transport | None = None
+        self.core: SessionCore | None = None
+        self.held = False
+        self.shutting_down = False
+        self.tls_task: asyncio.Task | None = None
+        self._closing = False
+        self.span = 0
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        worker, lr = self.worker, self.lr
+        peer = transport.get_extra_info("peername") or ("", 0)
+        ip = peer[0]
+        if ip.startswith("::ffff:") and "." in ip:
+            ip = ip[7:]  # network.md §5 step 2: IPv4-mapped IPv6 is handled as IPv4
+        self.remote_ip = ip
+        self.remote_port = peer[1]
+        local = transport.get_extra_info("sockname")
+        self.local_port = local[1] if local else 0
+        rc = worker.table.acquire(lr.index, worker.slot, lr.limit, worker.server_limit)
+        if rc:
+            events.emit("limit.concurrent-connection", ListenerId=lr.name, LocalPort=self.local_port,
+                        RemoteIp=ip, RemotePort=self.remote_port,
+                        Limit=lr.limit if rc == 1 else worker.server_limit,
+                        Details="listener" if rc == 1 else "server")
+            self._closing = True
+            transport.close()  # closed without a reply
+            return
+        self.held = True
+        worker.sessions.add(self)
+        self.last_active = self.started = worker.loop.time()
+        self.span = worker.next_span()
+        self._apply_socket_options(transport)
+        if lr.implicit_tls:
+            transport.pause_reading()
+            self.tls_task = worker.loop.create_task(self._handshake(initial=True))
+        else:
+            self._start_session()
+
+    def data_received(self, data: bytes) -> None:
+        core = self.core
+        if core is None or self._closing:
+            return
+        self.last_active = self.worker.loop.time()
+        core.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool:
+        if self.core is not None and not self._closing:
+            self.core.receive_data(b"")
+            self._pump()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self.tls_task is not None and not self.tls_task.done():
+            self.tls_task.cancel()
+        if self.held:
+            self.held = False
+            self.worker.table.release(self.lr.index, self.worker.slot)
+            self.worker.sessions.discard(self)
+            self.worker.session_closed()
+            if self.core is not None and self.worker.trace_sessions:
+                events.emit(f"{self.core.event_group}.connection-end", SpanId=self.span,
+                            Elapsed=int((self.worker.loop.time() - self.started) * 1000))
+
+    # -- pipeline ---------------------------------------------------------------------------
+    def _apply_socket_options(self, transport: asyncio.BaseTransport) -> None:
+        cfg = self.lr.cfg
+        if cfg.socket_no_delay and cfg.socket_ttl is None:
+            return  # asyncio already sets TCP_NODELAY on TCP transports
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        try:
+            if not cfg.socket_no_delay:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+            if cfg.socket_ttl is not None:
+                if sock.family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, cfg.socket_ttl)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, cfg.socket_ttl)
+        except OSError as exc:
+            events.emit("network.set-opt-error", Reason=exc.strerror or str(exc), Details=self.lr.name)
+
+    def _start_session(self) -> None:
+        lr = self.lr
+        ctx = SessionContext(
+            hostname=self.worker.hostname, listener=lr.name, protocol=lr.protocol,
+            remote_ip=self.remote_ip, remote_port=self.remote_port, local_port=self.local_port,
+            tls_available=lr.starttls, tls_active=lr.implicit_tls,
+        )
+        if lr.implicit_tls and self.transport is not None:
+            obj = self.transport.get_extra_info("ssl_object")
+            if obj is not None:
+                ctx.tls_version = obj.version()
+                ctx.tls_cipher = (obj.cipher() or ("unknown",))[0]
+        core = lr.factory(ctx)
+        self.core = core
+        if self.worker.trace_sessions:
+            events.emit(f"{core.event_group}.connection-start", ListenerId=lr.name, LocalPort=self.local_port,
+                        RemoteIp=self.remote_ip, RemotePort=self.remote_port, SpanId=self.span)
+        greeting = core.greeting()
+        if greeting:
+            self.transport.write(greeting)
+        if self.shutting_down:
+            self.shutdown()
+
+    def _pump(self) -> None:
+        core = self.core
+        transport = self.transport
+        while True:
+            ev = core.next_event()
+            if ev is NEED_DATA:
+                break
+            if isinstance(ev, Send):
+                if ev.data:
+                    transport.write(ev.data)
+                if ev.close:
+                    self.close()
+                    return
+            elif isinstance(ev, StartTls):
+                transport.write(ev.reply)
+                transport.pause_reading()
+                self.tls_task = self.worker.loop.create_task(self._handshake(initial=False))
+                return
+        if core.closed:
+            self.close()
+        elif self.shutting_down and core.interruptible:
+            self.shutdown()
+
+    async def _handshake(self, initial: bool) -> None:
+        lr = self.lr
+        ctx: ssl.SSLContext | None = self.worker.tls_context(lr)
+        if ctx is None:
+            events.emit("tls.not-configured", ListenerId=lr.name, SpanId=self.span)
+            self.close()
+            return
+        try:
+            new = await self.worker.loop.start_tls(
+                self.transport, self, ctx, server_side=True,
+                ssl_handshake_timeout=lr.tls_timeout,
+            )
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+            reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else (str(exc) or type(exc).__name__)
+            events.emit("tls.handshake-error", ListenerId=lr.name, LocalPort=self.local_port,
+                        RemoteIp=self.remote_ip, RemotePort=self.remote_port, Reason=reason)
+            self.abort()
+            return
+        if new is None or self._closing:
+            return
+        self.transport = new
+        self.last_active = self.worker.loop.time()
+        obj = new.get_extra_info("ssl_object")
+        version = obj.version() if obj else "unknown"
+        cipher = (obj.cipher() or ("unknown",))[0] if obj else "unknown"
+        events.emit("tls.handshake", level="debug", ListenerId=lr.name, SpanId=self.span,
+                    Version=version, Details=cipher)
+        if initial:
+            self._start_session()
+        else:
+            self.core.tls_started(version, cipher)
+            self._pump()
+
+    # -- closing ------------------------------------------------------------------------------
+    def close(self) -> None:
+        if not self._closing and self.transport is not None:
+            self._closing = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self._closing = True
+            self.transport.abort()
+
+    def timed_out(self) -> None:
+        """Idle timeout reached (the worker's sweep decides): protocol line, then close."""
+        if self._closing:
+            return
+        events.emit("network.timeout", SpanId=self.span)
+        if self.core is None:
+            self.abort()  # a TLS handshake or a PROXY read that never finished
+            return
+        line = self.core.timeout_reply()
+        if line:
+            self.transport.write(line)
+        self.close()
+
+    def shutdown(self) -> None:
+        """Server shutdown or drain: the farewell line at the next point the protocol allows."""
+        self.shutting_down = True
+        core = self.core
+        if self._closing or core is None:
+            return
+        core.draining = True
+        if core.interruptible:
+            events.emit("network.closed", SpanId=self.span, Reason="Server shutting down")
+            line = core.shutdown_reply()
+            if line:
+                self.transport.write(line)
+            self.close()
+
+    def force_close(self) -> None:
+        """The drain deadline passed: write the line even mid-command, then close."""
+        if self._closing:
+            return
+        if self.core is not None:
+            line = self.core.shutdown_reply()
+            if line:
+                self.transport.write(line)
+        self.close()
+
+    def idle_deadline(self) -> float:
+        if self.core is None:
+            return self.last_active + self.lr.tls_timeout
+        return self.last_active + self.core.idle_timeout_ms / 1000.0

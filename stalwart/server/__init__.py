@@ -1,0 +1,1 @@
+"""The pre-fork server: master (arbiter), workers, listening sockets, control socket."""

@@ -1,0 +1,217 @@
+"""A worker process: one event loop that accepts on every listener of its generation.
+
+Life cycle, driven by signals from the master (network.md §1, §8, §9):
+
+* boot: register every listening socket, report ``R`` (ready) on the status pipe;
+* ``SIGUSR2`` (retire, on reload): stop accepting, report ``S``, let sessions finish on their own
+  for ``drain_timeout``, then drain them as on shutdown;
+* ``SIGTERM`` (shutdown): stop accepting, farewell line to every session at its next safe point,
+  close what is left after ``drain_timeout``; a second SIGTERM closes everything at once;
+* ``SIGQUIT``: exit at once.
+
+Workers ignore SIGHUP and SIGINT: a ``kill -HUP`` or a Ctrl-C sent to the whole process group reaches
+the master, which decides.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+import traceback
+
+from .. import events
+from ..net.driver import Connection
+from ..protocols import session_factory
+from .plan import GenerationPlan, ListenerPlan
+
+EXIT_BOOT_ERROR = 3
+
+
+class ListenerRuntime:
+    """A listener as one worker sees it: limits, TLS mode and its session constructor."""
+
+    __slots__ = ("name", "index", "cfg", "protocol", "limit", "implicit_tls", "starttls", "tls_timeout",
+                 "factory", "sockets")
+
+    def __init__(self, plan: ListenerPlan, gen: GenerationPlan):
+        cfg = plan.cfg
+        self.name = plan.name
+        self.index = plan.index
+        self.cfg = cfg
+        self.protocol = cfg.protocol
+        self.limit = cfg.max_connections or 0  # 0: no cap of its own (network.md §7)
+        self.implicit_tls = cfg.use_tls and cfg.tls_implicit
+        self.starttls = cfg.use_tls and not cfg.tls_implicit and cfg.protocol != "http"
+        self.tls_timeout = cfg.effective_tls_timeout / 1000.0
+        self.factory = session_factory(cfg.protocol, gen.config)
+        self.sockets = plan.sockets
+
+
+class Worker:
+    def __init__(self, plan: GenerationPlan, slot: int, position: int, table, status_fd: int,
+                 drain_timeout: float = 30.0):
+        self.plan = plan
+        self.slot = slot
+        self.position = position
+        self.table = table
+        self.status_fd = status_fd
+        self.drain_timeout = drain_timeout
+        self.hostname = plan.hostname
+        self.server_limit = plan.config.SystemSettings.max_connections
+        self.listeners = [ListenerRuntime(lp, plan) for lp in plan.listeners]
+        self.sessions: set[Connection] = set()
+        self.log = events.log()
+        self.trace_sessions = self.log.enabled("smtp.connection-start")
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._span = 0
+        self._stop: asyncio.Event | None = None
+        self._mode: str | None = None  # "retire" | "shutdown"
+        self._sessions_empty: asyncio.Event | None = None
+        self._shutdown_signals = 0
+
+    # -- entry point (runs in the child after fork) -------------------------------------------
+    def run(self) -> int:
+        try:
+            self.loop = _new_loop()
+            asyncio.set_event_loop(self.loop)
+            return self.loop.run_until_complete(self._main())
+        except BaseException as exc:  # the master must hear why a worker could not boot
+            if not self._ready_sent:
+                self._report("E " + (f"{type(exc).__name__}: {exc}" or traceback.format_exc()).replace("\n", " "))
+                return EXIT_BOOT_ERROR
+            raise
+
+    _ready_sent = False
+
+    def _report(self, msg: str) -> None:
+        try:
+            os.write(self.status_fd, (msg + "\n").encode())
+        except OSError:
+            pass
+
+    async def _main(self) -> int:
+        loop = self.loop
+        self._stop = asyncio.Event()
+        self._sessions_empty = asyncio.Event()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_retire)
+        loop.add_signal_handler(signal.SIGTERM, self._on_shutdown)
+        loop.add_signal_handler(signal.SIGQUIT, self._on_quit)
+        for lr in self.listeners:
+            backlog = lr.cfg.socket_backlog or 1024
+            for sock in lr.sockets:
+                # create_server() calls listen() again: pass the configured backlog so the
+                # master's value is not silently replaced by asyncio's default of 100.
+                server = await loop.create_server(lambda lr=lr: Connection(self, lr), sock=sock, backlog=backlog)
+                self._servers.append(server)
+                host, port = sock.getsockname()[:2]
+                events.emit("network.listen-start", level="debug" if self.position > 1 else "info",
+                            ListenerId=lr.name, LocalIp=host, LocalPort=port, Tls=lr.implicit_tls)
+        self.table.beat(self.slot)
+        self._report("R")
+        self._ready_sent = True
+        sweeper = loop.create_task(self._sweep())
+        await self._stop.wait()
+        await self._drain()
+        sweeper.cancel()
+        return 0
+
+    # -- signals -----------------------------------------------------------------------------
+    def _stop_accepting(self) -> None:
+        for server in self._servers:
+            server.close()  # closes this process's copy of the socket; the master keeps it open
+        self._servers.clear()
+
+    def _on_retire(self) -> None:
+        if self._mode is None:
+            self._mode = "retire"
+            self._stop_accepting()
+            self._report("S")
+            self._stop.set()
+
+    def _on_shutdown(self) -> None:
+        self._shutdown_signals += 1
+        if self._shutdown_signals > 1:
+            self._on_quit()
+            return
+        already = self._mode is not None
+        self._mode = "shutdown"
+        self._stop_accepting()
+        if not already:
+            self._report("S")
+            self._stop.set()
+        for conn in list(self.sessions):
+            conn.shutdown()
+
+    def _on_quit(self) -> None:
+        for conn in list(self.sessions):
+            conn.abort()
+        os._exit(0)
+
+    # -- housekeeping --------------------------------------------------------------------------
+    def next_span(self) -> int:
+        # Unique across workers: the worker slot in the high bits (snowflake-like).
+        self._span += 1
+        return (self.slot << 40) | self._span
+
+    def session_closed(self) -> None:
+        if not self.sessions and self._sessions_empty is not None:
+            self._sessions_empty.set()
+
+    def tls_context(self, lr: ListenerRuntime) -> ssl.SSLContext | None:
+        store = self.plan.tls
+        return store.context_for(lr.name) if store is not None else None
+
+    async def _sweep(self) -> None:
+        """Once a second: heartbeat for the master, idle timeouts for the sessions."""
+        loop = self.loop
+        master = os.getppid()
+        while True:
+            if os.getppid() != master and self._mode is None:
+                # The master is gone (killed -9?): nobody supervises us; drain and exit.
+                self._on_shutdown()
+            self.table.beat(self.slot)
+            now = loop.time()
+            for conn in [c for c in self.sessions if c.idle_deadline() <= now]:
+                conn.timed_out()
+            await asyncio.sleep(1.0)
+
+    async def _drain(self) -> None:
+        if self._mode == "retire" and self.sessions:
+            # Reload: open sessions may finish on their own first (network.md §9 step 4).
+            self._sessions_empty.clear()
+            try:
+                await asyncio.wait_for(self._sessions_empty.wait(), self.drain_timeout)
+            except asyncio.TimeoutError:
+                pass
+        if self.sessions:
+            for conn in list(self.sessions):
+                conn.shutdown()
+            self._sessions_empty.clear()
+            if self.sessions:
+                try:
+                    await asyncio.wait_for(self._sessions_empty.wait(), self.drain_timeout)
+                except asyncio.TimeoutError:
+                    for conn in list(self.sessions):
+                        conn.force_close()
+        # Let the transports flush their last lines.
+        for _ in range(50):
+            if not self.sessions:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    if os.environ.get("STALWART_NO_UVLOOP", "") in ("", "0"):
+        try:
+            import uvloop
+
+            return uvloop.new_event_loop()
+        except ImportError:
+            pass
+    return asyncio.new_event_loop()
