@@ -7,13 +7,14 @@ ctypedef struct ips_slot:
     uint64_t hi
     uint64_t lo
     int64_t expires
-    int32_t vidx      # index into IpSet._values; -1 marks an empty slot
+    int32_t vidx      # index into IpSet._values
     uint8_t plen      # prefix length in the 128-bit space (IPv4 prefixes are 96 + p)
 
 
 @cython.final
 cdef class IpSet:
     cdef ips_slot *_slots
+    cdef uint8_t *_tags           # per slot: 0 empty, else 0x80 | top 7 hash bits; +16 mirrored
     cdef Py_ssize_t _cap          # power of two
     cdef Py_ssize_t _count
     cdef uint64_t _seed0, _seed1, _seed2
@@ -27,6 +28,9 @@ cdef class IpSet:
     cdef int _k_mapped, _k_native
 
     cdef void _reset(self, Py_ssize_t cap) except *
+    cdef uint64_t _hash(self, uint64_t hi, uint64_t lo, int plen) noexcept nogil
+    cdef void _set_tag(self, Py_ssize_t h, uint8_t tag) noexcept nogil
+    cdef void _put(self, Py_ssize_t h, ips_slot *slot) noexcept nogil
     cdef Py_ssize_t _find(self, uint64_t hi, uint64_t lo, int plen) noexcept nogil
     cdef void _grow(self) except *
     cdef void _delete_slot(self, Py_ssize_t h) noexcept nogil

@@ -90,9 +90,9 @@ def set_ciphersuites(context: object, suites: str) -> None:
     set_fn, _get = _resolve()
     wanted = [s for s in suites.split(":") if s]
     if set_fn(ptr, suites.encode("ascii")) != 1:
-        raise ssl.SSLError(f"OpenSSL rejected the TLS 1.3 cipher suites {suites!r}")
+        raise ssl.SSLError(ssl.SSL_ERROR_SSL, f"OpenSSL rejected the TLS 1.3 cipher suites {suites!r}")
     got = tls13_suites(context)
     if got != wanted:
         missing = [s for s in wanted if s not in got]
-        raise ssl.SSLError(f"OpenSSL did not accept the TLS 1.3 cipher suites {missing or wanted!r} "
+        raise ssl.SSLError(ssl.SSL_ERROR_SSL, f"OpenSSL did not accept the TLS 1.3 cipher suites {missing or wanted!r} "
                            f"(offered now: {got!r})")
