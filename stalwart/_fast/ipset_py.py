@@ -142,8 +142,9 @@ class IpSet:
         self._tables: list[dict[int, tuple[int, Any]]] = [{} for _ in range(129)]
         self._n_mapped = [0] * 129
         self._n_native = [0] * 129
-        self._lens_mapped: tuple[int, ...] = ()
-        self._lens_native: tuple[int, ...] = ()
+        # probe plans: (mask, table) per prefix length in use, longest first
+        self._probe_mapped: tuple[tuple[int, dict], ...] = ()
+        self._probe_native: tuple[tuple[int, dict], ...] = ()
         self._count = 0
 
     def _account(self, net: int, plen: int, delta: int) -> None:
@@ -157,8 +158,9 @@ class IpSet:
             self._n_native[plen] += delta
             changed |= (before == 0) != (self._n_native[plen] == 0)
         if changed:
-            self._lens_mapped = tuple(n for n in range(128, -1, -1) if self._n_mapped[n])
-            self._lens_native = tuple(n for n in range(128, -1, -1) if self._n_native[n])
+            t = self._tables
+            self._probe_mapped = tuple((_MASKS[n], t[n]) for n in range(128, -1, -1) if self._n_mapped[n])
+            self._probe_native = tuple((_MASKS[n], t[n]) for n in range(128, -1, -1) if self._n_native[n])
 
     def add(self, packed: bytes, prefix: int, expires: int = 0, value: Any = True) -> bool:
         """Insert or replace the entry for ``packed/prefix`` (host bits cleared).
@@ -200,10 +202,17 @@ class IpSet:
 
     def match(self, packed: bytes, now: int = 0) -> Any:
         """Payload of the longest unexpired entry containing ``packed`` (4 or 16 bytes), or None."""
-        addr, _ = _key(packed)
-        tables = self._tables
-        for plen in self._lens_mapped if _is_mapped(addr) else self._lens_native:
-            hit = tables[plen].get(addr & _MASKS[plen])
+        n = len(packed)
+        if n == 4:
+            addr = _MAPPED_NET | int.from_bytes(packed, "big")
+            plan = self._probe_mapped
+        elif n == 16:
+            addr = int.from_bytes(packed, "big")
+            plan = self._probe_mapped if addr >> 32 == 0xFFFF else self._probe_native
+        else:
+            raise ValueError("a packed address is 4 or 16 bytes")
+        for mask, table in plan:
+            hit = table.get(addr & mask)
             if hit is not None and (hit[0] == 0 or hit[0] > now):
                 return hit[1]
         return None
@@ -242,7 +251,7 @@ class IpSet:
         return gone
 
     def clear(self) -> None:
-        self.__init__()
+        self.__init__()  # type: ignore[misc]
 
     def prefix_lengths(self) -> tuple[int, ...]:
         """Distinct prefix lengths in use, in the 128-bit space, longest first (probe order)."""
