@@ -119,7 +119,7 @@ class IpMask:
             raise ValueError(f"{text!r} is not an IP address or network") from None
         if "/" in text and net.prefixlen < 8:
             raise ValueError(f"{text!r}: prefix length must be at least 8")
-        if net.network_address.is_unspecified:
+        if net.network_address.is_unspecified and net.prefixlen == net.max_prefixlen:
             raise ValueError(f"{text!r}: the unspecified address is not allowed")
         return cls(net)
 
