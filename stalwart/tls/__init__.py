@@ -1,8 +1,9 @@
 """Listener TLS: certificates, SNI selection, per-listener contexts and their live store (spec/tls.md).
 
-The connection driver needs one object, :class:`CertificateStore`: build it once per worker from the
-configuration, call :meth:`CertificateStore.rebuild` on reload, and pass
-``store.server_context(listener)`` to ``loop.start_tls(..., server_side=True)`` for every handshake.
+The connection driver needs one object, :class:`CertificateStore`: ``CertificateStore.build(config,
+data_dir)`` in the master before it forks, :meth:`CertificateStore.rebuild` when certificates change,
+and ``store.context_for(listener_name)`` passed to ``loop.start_tls(..., server_side=True)`` for every
+handshake.
 """
 from .certs import CertificateError, ParsedCertificate, parse_certificate
 from .context import CIPHER_SUITES, TlsPolicy, server_context

@@ -145,10 +145,10 @@ class ParsedCertificate:
 
     def __repr__(self) -> str:
         return (f"ParsedCertificate(id={self.id!r}, names={self.subject_alternative_names!r}, "
-                f"not_valid_after={_iso(self.not_valid_after)}, key={self.key_type})")
+                f"not_valid_after={iso_time(self.not_valid_after)}, key={self.key_type})")
 
 
-def _iso(ts: float) -> str:
+def iso_time(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -341,11 +341,11 @@ def load_certificates(objects: Sequence, now: float) -> LoadResult:
         if parsed.not_valid_after <= now:
             expired.append(parsed)
             events.emit("tls.certificate-expired", level="warn",
-                        Details=f"{parsed.describe()} expired at {_iso(parsed.not_valid_after)}; skipped")
+                        Details=f"{parsed.describe()} expired at {iso_time(parsed.not_valid_after)}; skipped")
             continue
         if parsed.not_valid_before > now:
             events.emit("config.build-warning", level="warn", Path=path,
-                        Details=f"{parsed.describe()} is not valid before {_iso(parsed.not_valid_before)}; "
+                        Details=f"{parsed.describe()} is not valid before {iso_time(parsed.not_valid_before)}; "
                                 "it will be served from then on")
         kept.append(parsed)
     return LoadResult(tuple(kept), tuple(expired), tuple(failed), sources_digest(sources))

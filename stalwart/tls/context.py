@@ -184,7 +184,7 @@ def _pem_path(data: bytes) -> Iterator[str]:
             fd = -1
     if fd >= 0:
         try:
-            os.write(fd, data) if len(data) < 65536 else _write_all(fd, data)
+            _write_all(fd, data)
             yield f"/proc/self/fd/{fd}"
         finally:
             os.close(fd)

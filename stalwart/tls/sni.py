@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .. import events
-from .certs import ParsedCertificate, _iso, normalize_dns_name, normalize_ip
+from .certs import ParsedCertificate, iso_time, normalize_dns_name, normalize_ip
 
 EXACT = "exact"
 WILDCARD = "wildcard"
@@ -138,7 +138,7 @@ class CertificateResolver:
             if cert.not_valid_after <= now and cert.id not in self._reported_expired:
                 self._reported_expired.add(cert.id)
                 events.emit("tls.certificate-expired", level="warn",
-                            Details=f"{cert.describe()} expired at {_iso(cert.not_valid_after)}; no longer served")
+                            Details=f"{cert.describe()} expired at {iso_time(cert.not_valid_after)}; no longer served")
         return SniIndex.build(self.certificates, now, default_certificate_id=self.default_certificate_id,
                               default_hostname=self.default_hostname)
 
