@@ -302,3 +302,47 @@ def test_hung_worker_is_replaced(tmp_path, ports):
         assert victim not in srv.workers() and len(srv.workers()) == 2
     finally:
         srv.stop()
+
+
+def _status(srv):
+    from stalwart.server.control import request
+
+    return request(srv.data_dir, "status", timeout=10)
+
+
+def test_dead_workers_slots_are_given_back(tmp_path, ports):
+    """network.md §1 crash accounting: a killed worker's held slots return to the counters."""
+    srv = Server(tmp_path, full_config(ports)).start()
+    try:
+        held = []
+        for _ in range(4):
+            c = socket.create_connection(("127.0.0.1", ports["smtp"]), timeout=5)
+            assert recv_line(c).startswith(b"220 ")
+            held.append(c)
+        assert _status(srv)["connections"] == 4
+        for pid in srv.workers():
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            st = _status(srv)
+            if st["connections"] == 0 and len(st["workers"]) == 2 and all(w["ready"] for w in st["workers"]):
+                break
+            time.sleep(0.1)
+        assert st["connections"] == 0 and st["listeners"]["smtp"] == 0
+        for c in held:
+            c.close()
+        s = smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=5)
+        s.quit()
+    finally:
+        srv.stop()
+
+
+def test_sigusr1_reopens_log_file(server, ports):
+    rotated = server.log_path + ".1"
+    os.rename(server.log_path, rotated)
+    server.signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    server.reload()  # writes server.reload-complete into the new file
+    assert "server.reload-complete" in server.log()
+    with open(rotated) as fh:
+        assert "server.reload-complete" not in fh.read()

@@ -18,7 +18,6 @@ import asyncio
 import os
 import signal
 import ssl
-import traceback
 
 from .. import events
 from ..net.driver import Connection
@@ -79,7 +78,7 @@ class Worker:
             return self.loop.run_until_complete(self._main())
         except BaseException as exc:  # the master must hear why a worker could not boot
             if not self._ready_sent:
-                self._report("E " + (f"{type(exc).__name__}: {exc}" or traceback.format_exc()).replace("\n", " "))
+                self._report(f"E {type(exc).__name__}: {exc}".replace("\n", " "))
                 return EXIT_BOOT_ERROR
             raise
 
@@ -97,7 +96,7 @@ class Worker:
         self._sessions_empty = asyncio.Event()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        loop.add_signal_handler(signal.SIGUSR1, self.log.reopen)
         loop.add_signal_handler(signal.SIGUSR2, self._on_retire)
         loop.add_signal_handler(signal.SIGTERM, self._on_shutdown)
         loop.add_signal_handler(signal.SIGQUIT, self._on_quit)
