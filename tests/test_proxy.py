@@ -1,7 +1,11 @@
 """PROXY protocol kernel (network.md §6): conformance cases, builder round trips, incremental input,
-fuzz invariants and a cross-check of the compiled parser against its twin. Real-sender tests with
-haproxy live in test_proxy_haproxy.py."""
+fuzz invariants, a cross-check of the compiled parser against its twin, and headers from a real
+sender (haproxy, skipped when it is not installed)."""
+import shutil
 import socket
+import ssl
+import subprocess
+import time
 
 import pytest
 from hypothesis import example, given, settings
@@ -396,3 +400,160 @@ def test_every_prefix_agrees(data):
             first = got
         elif first is not None:
             assert got == first
+
+
+# -- a real sender: haproxy ------------------------------------------------------------------------
+
+HAPROXY = shutil.which("haproxy")
+
+
+def _free_port(host):
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def haproxy(tmp_path_factory):
+    """haproxy in front of two loopback listening sockets of ours: one receives proxied client
+    connections, the other its health checks. Frontends cover send-proxy (v1), send-proxy-v2,
+    send-proxy-v2-ssl-cn with every proxy-v2-option we parse, and IPv6 when ::1 exists."""
+    if HAPROXY is None:
+        pytest.skip("haproxy is not installed")
+    tmp = tmp_path_factory.mktemp("haproxy")
+    key, crt = tmp / "key.pem", tmp / "crt.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(crt), "-subj", "/CN=mail.example.test", "-days", "2"], check=True, capture_output=True)
+    (tmp / "both.pem").write_bytes(crt.read_bytes() + key.read_bytes())
+    server = socket.create_server(("127.0.0.1", 0))
+    checks = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(5)
+    checks.settimeout(5)
+    sp, cp = server.getsockname()[1], checks.getsockname()[1]
+    fronts = {"v1": ("127.0.0.1", "send-proxy", ""), "v2": ("127.0.0.1", "send-proxy-v2", ""),
+              "v2ssl": ("127.0.0.1", "send-proxy-v2-ssl-cn proxy-v2-options "
+                        "crc32c,unique-id,authority,ssl-cipher,cert-sig,cert-key",
+                        f" ssl crt {tmp / 'both.pem'} alpn imap,smtp")}
+    if _ipv6_loopback():
+        fronts.update(v1_6=("::1", "send-proxy", ""), v2_6=("::1", "send-proxy-v2", ""))
+    ports = {name: _free_port(host) for name, (host, _, _) in fronts.items()}
+    cfg = ["global", "    maxconn 64", "defaults", "    mode tcp", "    timeout connect 2s",
+           "    timeout client 5s", "    timeout server 5s"]
+    for name, (host, send, bind_opts) in fronts.items():
+        cfg += [f"frontend f_{name}", f"    bind {'ipv6@' if ':' in host else ''}{host}:{ports[name]}{bind_opts}",
+                "    unique-id-format %ci_%cp", f"    default_backend b_{name}",
+                f"backend b_{name}", f"    server s 127.0.0.1:{sp} {send}"]
+    cfg += ["backend b_checks", f"    server s 127.0.0.1:{cp} send-proxy-v2 check check-send-proxy inter 200ms"]
+    (tmp / "haproxy.cfg").write_text("\n".join(cfg) + "\n")
+    proc = subprocess.Popen([HAPROXY, "-f", str(tmp / "haproxy.cfg"), "-db"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        for name, (host, _, _) in fronts.items():
+            while True:
+                try:
+                    socket.create_connection((host, ports[name]), timeout=1).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        out = proc.stdout.read() if proc.poll() is not None else b""
+                        pytest.fail(f"haproxy did not start: {out!r}")
+                    time.sleep(0.05)
+        # the probe connections above reached our server too: drain them
+        server.settimeout(0.3)
+        try:
+            while True:
+                server.accept()[0].close()
+        except OSError:
+            pass
+        server.settimeout(5)
+        yield {"server": server, "checks": checks, "fronts": fronts, "ports": ports}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        server.close()
+        checks.close()
+
+
+def _through(hap, name, payload=b"EHLO client.example\r\n"):
+    """Connect to frontend ``name``, send ``payload``; return (client socket address, bytes our
+    server received up to and including the payload)."""
+    host = hap["fronts"][name][0]
+    client = socket.create_connection((host, hap["ports"][name]), timeout=5)
+    try:
+        if name == "v2ssl":
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["smtp"])
+            client = ctx.wrap_socket(client, server_hostname="mail.example.test")
+        client.sendall(payload)
+        conn, _ = hap["server"].accept()
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            while not data.endswith(payload):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        return client.getsockname(), data
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("name", ["v1", "v2", "v2ssl", "v1_6", "v2_6"])
+def test_haproxy_headers_parse_in_both_twins(haproxy, name):
+    if name not in haproxy["fronts"]:
+        pytest.skip("no IPv6 loopback")
+    payload = b"EHLO client.example\r\n"
+    (chost, cport, *_), data = _through(haproxy, name, payload)
+    host = haproxy["fronts"][name][0]
+    headers = [C.parse(data), PY.parse(data)]
+    assert headers[0].as_dict() == headers[1].as_dict()
+    h = headers[0]
+    assert data[h.consumed:] == payload
+    assert h.version == (1 if name.startswith("v1") else 2) and h.command == "PROXY" and h.proxied
+    assert (h.source, h.src_port) == (chost, cport)
+    assert (h.destination, h.dst_port) == (host, haproxy["ports"][name])
+    if name == "v2ssl":
+        assert h.tls and h.ssl_verify == 0 and h.ssl_version.startswith("TLSv1")
+        assert h.ssl_cipher and h.ssl_sig_alg and h.ssl_key_alg
+        assert h.authority == "mail.example.test" and h.alpn == b"smtp"
+        assert h.unique_id == f"{chost}_{cport}".encode() and h.crc32c is not None
+        # the CRC is haproxy's: flip one byte inside the SNI and it no longer verifies
+        i = data.index(b"mail.example.test")
+        bad = data[:i] + b"n" + data[i + 1:]
+        assert reason(C, bad) == reason(PY, bad) == "bad-crc"
+    else:
+        assert h.tlvs == () and not h.tls
+
+
+def test_haproxy_health_check_is_local(haproxy):
+    conn, _ = haproxy["checks"].accept()
+    with conn:
+        conn.settimeout(5)
+        data = b""
+        while True:
+            h = C.parse(data)
+            if h is not None:
+                break
+            chunk = conn.recv(4096)
+            assert chunk, data
+            data += chunk
+    assert PY.parse(data).as_dict() == h.as_dict()
+    assert h.version == 2 and h.command == "LOCAL" and not h.proxied
