@@ -21,10 +21,13 @@ if TYPE_CHECKING:
     from ..server.worker import ListenerRuntime, Worker
 
 
+_NONE, _HANDSHAKING, _ACTIVE, _FAILED = range(4)
+
+
 class Connection(asyncio.Protocol):
     __slots__ = (
         "worker", "lr", "transport", "core", "remote_ip", "remote_port", "local_port",
-        "held", "last_active", "started", "span", "shutting_down", "tls_task", "_closing",
+        "held", "last_active", "started", "span", "shutting_down", "tls_state", "_closing",
     )
 
     def __init__(self, worker: Worker, lr: ListenerRuntime):
@@ -34,12 +37,15 @@ class Connection(asyncio.Protocol):
         self.core: SessionCore | None = None
         self.held = False
         self.shutting_down = False
-        self.tls_task: asyncio.Task | None = None
+        self.tls_state = _NONE
         self._closing = False
         self.span = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.tls_state == _HANDSHAKING:
+            self._tls_established(transport)  # the TLS layer hands us its application transport
+            return
         self.transport = transport  # type: ignore[assignment]
         worker, lr = self.worker, self.lr
         peer = transport.get_extra_info("peername") or ("", 0)
@@ -65,8 +71,7 @@ class Connection(asyncio.Protocol):
         self.span = worker.next_span()
         self._apply_socket_options(transport)
         if lr.implicit_tls:
-            transport.pause_reading()
-            self.tls_task = worker.loop.create_task(self._handshake(initial=True))
+            self._begin_tls()
         else:
             self._start_session()
 
@@ -86,8 +91,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        if self.tls_task is not None and not self.tls_task.done():
-            self.tls_task.cancel()
+        self._release()
+
+    def _release(self) -> None:
         if self.held:
             self.held = False
             self.worker.table.release(self.lr.index, self.worker.slot)
@@ -96,6 +102,62 @@ class Connection(asyncio.Protocol):
             if self.core is not None and self.worker.trace_sessions:
                 events.emit(f"{self.core.event_group}.connection-end", SpanId=self.span,
                             Elapsed=int((self.worker.loop.time() - self.started) * 1000))
+
+    # -- TLS --------------------------------------------------------------------------------------
+    def _begin_tls(self) -> None:
+        """Put a TLS layer between the socket and this protocol, synchronously.
+
+        ``loop.start_tls()`` would do the same from a task, but uvloop starts reading a new
+        transport as soon as ``connection_made`` returns, so a ClientHello could reach this
+        protocol before the task ran. Swapping the protocol here leaves no such window. The TLS
+        layer calls ``connection_made`` again with its application transport once the handshake
+        is done; ``tlsTimeout`` bounds the handshake (network.md §3).
+        """
+        lr = self.lr
+        ctx: ssl.SSLContext | None = self.worker.tls_context(lr)
+        if ctx is None:
+            events.emit("tls.not-configured", ListenerId=lr.name, SpanId=self.span)
+            self.close()
+            return
+        loop = self.worker.loop
+        waiter = loop.create_future()
+        layer = self.worker.ssl_protocol_class(loop, self, ctx, waiter, server_side=True,
+                                               call_connection_made=True, ssl_handshake_timeout=lr.tls_timeout)
+        self.tls_state = _HANDSHAKING
+        self.last_active = loop.time()
+        raw = self.transport
+        raw.set_protocol(layer)
+        layer.connection_made(raw)
+        waiter.add_done_callback(self._tls_finished)
+
+    def _tls_finished(self, waiter: asyncio.Future) -> None:
+        exc = None if waiter.cancelled() else waiter.exception()
+        if exc is None and not waiter.cancelled():
+            return  # success: _tls_established() runs from connection_made()
+        reason = "timeout" if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) else \
+            (str(exc) or type(exc).__name__ if exc else "cancelled")
+        events.emit("tls.handshake-error", ListenerId=self.lr.name, LocalPort=self.local_port,
+                    RemoteIp=self.remote_ip, RemotePort=self.remote_port, Reason=reason)
+        self.tls_state = _FAILED
+        self._closing = True
+        # The TLS layer closes the socket itself and, the handshake having failed, never reports
+        # connection_lost to us: give the slot back here.
+        self._release()
+
+    def _tls_established(self, transport: asyncio.BaseTransport) -> None:
+        self.tls_state = _ACTIVE
+        self.transport = transport  # type: ignore[assignment]
+        self.last_active = self.worker.loop.time()
+        obj = transport.get_extra_info("ssl_object")
+        version = obj.version() if obj else "unknown"
+        cipher = (obj.cipher() or ("unknown",))[0] if obj else "unknown"
+        events.emit("tls.handshake", level="debug", ListenerId=self.lr.name, SpanId=self.span,
+                    Version=version, Details=cipher)
+        if self.core is None:
+            self._start_session()
+        else:
+            self.core.tls_started(version, cipher)
+            self._pump()
 
     # -- pipeline ---------------------------------------------------------------------------
     def _apply_socket_options(self, transport: asyncio.BaseTransport) -> None:
@@ -153,47 +215,13 @@ class Connection(asyncio.Protocol):
                     self.close()
                     return
             elif isinstance(ev, StartTls):
-                transport.write(ev.reply)
-                transport.pause_reading()
-                self.tls_task = self.worker.loop.create_task(self._handshake(initial=False))
+                transport.write(ev.reply)  # in clear, ahead of the TLS layer
+                self._begin_tls()
                 return
         if core.closed:
             self.close()
         elif self.shutting_down and core.interruptible:
             self.shutdown()
-
-    async def _handshake(self, initial: bool) -> None:
-        lr = self.lr
-        ctx: ssl.SSLContext | None = self.worker.tls_context(lr)
-        if ctx is None:
-            events.emit("tls.not-configured", ListenerId=lr.name, SpanId=self.span)
-            self.close()
-            return
-        try:
-            new = await self.worker.loop.start_tls(
-                self.transport, self, ctx, server_side=True,
-                ssl_handshake_timeout=lr.tls_timeout,
-            )
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
-            reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else (str(exc) or type(exc).__name__)
-            events.emit("tls.handshake-error", ListenerId=lr.name, LocalPort=self.local_port,
-                        RemoteIp=self.remote_ip, RemotePort=self.remote_port, Reason=reason)
-            self.abort()
-            return
-        if new is None or self._closing:
-            return
-        self.transport = new
-        self.last_active = self.worker.loop.time()
-        obj = new.get_extra_info("ssl_object")
-        version = obj.version() if obj else "unknown"
-        cipher = (obj.cipher() or ("unknown",))[0] if obj else "unknown"
-        events.emit("tls.handshake", level="debug", ListenerId=lr.name, SpanId=self.span,
-                    Version=version, Details=cipher)
-        if initial:
-            self._start_session()
-        else:
-            self.core.tls_started(version, cipher)
-            self._pump()
 
     # -- closing ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -211,8 +239,9 @@ class Connection(asyncio.Protocol):
         if self._closing:
             return
         events.emit("network.timeout", SpanId=self.span)
-        if self.core is None:
+        if self.core is None or self.tls_state == _HANDSHAKING:
             self.abort()  # a TLS handshake or a PROXY read that never finished
+            self._release()
             return
         line = self.core.timeout_reply()
         if line:
@@ -223,8 +252,8 @@ class Connection(asyncio.Protocol):
         """Server shutdown or drain: the farewell line at the next point the protocol allows."""
         self.shutting_down = True
         core = self.core
-        if self._closing or core is None:
-            return
+        if self._closing or core is None or self.tls_state == _HANDSHAKING:
+            return  # the line goes out once the session (or its TLS layer) is up
         core.draining = True
         if core.interruptible:
             events.emit("network.closed", SpanId=self.span, Reason="Server shutting down")
@@ -237,6 +266,10 @@ class Connection(asyncio.Protocol):
         """The drain deadline passed: write the line even mid-command, then close."""
         if self._closing:
             return
+        if self.tls_state == _HANDSHAKING:
+            self.abort()
+            self._release()
+            return
         if self.core is not None:
             line = self.core.shutdown_reply()
             if line:
@@ -244,6 +277,7 @@ class Connection(asyncio.Protocol):
         self.close()
 
     def idle_deadline(self) -> float:
-        if self.core is None:
-            return self.last_active + self.lr.tls_timeout
+        if self.tls_state == _HANDSHAKING:
+            # The TLS layer enforces tlsTimeout itself; this is the backstop if it did not.
+            return self.last_active + self.lr.tls_timeout + 5.0
         return self.last_active + self.core.idle_timeout_ms / 1000.0

@@ -27,6 +27,7 @@ from .. import events
 from .._fast import load as load_kernel
 from ..config import Config
 from ..errors import BindError, ConfigError, ControlError, StalwartError
+from ..tls.store import CertificateStore
 from .control import ControlServer, socket_path
 from .plan import GenerationPlan, ListenerPlan
 from .sockets import SocketSet
@@ -106,12 +107,10 @@ class Master:
             return config_mod.parse_bytes(config_mod.default_bytes(), source="<embedded default>")
         return config_mod.load(self.config_path)
 
-    def _build_tls(self, cfg: Config):
-        """Certificates and per-listener TLS contexts, built before any worker forks."""
-        try:
-            from ..tls.store import CertificateStore
-        except ImportError:
-            return None
+    def _build_tls(self, cfg: Config) -> CertificateStore:
+        """Certificates and per-listener TLS contexts, built before any worker forks, so a TLS
+        setting OpenSSL refuses is a start-up or reload error, and the self-signed fallback is
+        generated once for every worker."""
         return CertificateStore.build(cfg, self.data_dir, config_mod.hostname(cfg))
 
     def _make_plan(self, cfg: Config, sockets: dict) -> GenerationPlan:

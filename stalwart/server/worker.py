@@ -92,6 +92,7 @@ class Worker:
 
     async def _main(self) -> int:
         loop = self.loop
+        self.ssl_protocol_class = _ssl_protocol_class(loop)
         self._stop = asyncio.Event()
         self._sessions_empty = asyncio.Event()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -203,6 +204,19 @@ class Worker:
                 break
             await asyncio.sleep(0.02)
         await asyncio.sleep(0)
+
+
+def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> type:
+    """The TLS protocol layer of this loop implementation (what ``loop.start_tls`` uses inside).
+
+    The driver installs it synchronously (see ``Connection._begin_tls``); both asyncio's and
+    uvloop's take the same constructor arguments.
+    """
+    if type(loop).__module__.startswith("uvloop"):
+        from uvloop.loop import SSLProtocol
+    else:
+        from asyncio.sslproto import SSLProtocol
+    return SSLProtocol
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
