@@ -169,7 +169,12 @@ def validate(cfg: Config) -> None:
 
 
 def os_hostname() -> str:
-    name = socket.getfqdn() or socket.gethostname() or "localhost"
+    """The OS host name, fully qualified when the resolver knows a better name than localhost."""
+    name = socket.gethostname() or "localhost"
+    if "." not in name:
+        fqdn = socket.getfqdn(name)
+        if "." in fqdn and not fqdn.startswith("localhost"):
+            name = fqdn
     try:
         from .types import parse_hostname
 
