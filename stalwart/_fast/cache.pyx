@@ -2,28 +2,36 @@
 """Byte-weighted, scan-resistant cache with TTLs and negative entries (compiled kernel).
 
 The algorithm, its reasons and the exact semantics are documented once, in the pure-Python twin
-``cache_py.py``; this module is a transliteration that keeps the same slot layout, so both give
-identical results for one sequence of operations (tests cross-check them).
+``cache_py.py``; this module is a transliteration with the same layout, so both give identical
+results for one sequence of operations (tests cross-check them).
 
-Speed comes from doing nothing per operation that allocates: entry metadata lives in one C array
-of ``Slot`` structs, keys and values in two Python lists indexed by slot number (so the garbage
-collector still sees them), and the index dict maps a key to a preallocated ``int`` object of its
-slot. Rings are doubly-linked lists of slot numbers. ``get`` is one dict lookup and a few loads;
-the clock is read only for entries that carry an expiry. With no clock injected, the clock is
+Where the time goes, and why the layout is what it is: a hit is one dict lookup that yields the
+entry object, whose fields hold the value and all the metadata ``get`` needs, so a hit touches the
+dict, one entry and the value. Entries are pooled and reused through a free list, so steady-state
+``put`` allocates nothing. Ring links are two C arrays of pool positions beside the pool, so
+moving an entry between rings costs no reference counting. Ghosts are bare hashes in a
+set-associative C table (``_Ghosts``): keeping them as dict entries, as a first version did, made
+every miss delete a key evicted long ago, and a linked FIFO of hashes still cost two scattered
+probes per miss; one 64-byte bucket per lookup is what is left. The clock
+is read only for entries that carry an expiry; without an injected clock it is
 ``clock_gettime(CLOCK_MONOTONIC)``, the source of ``time.monotonic`` on Linux, read without a
 Python call.
 """
-from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem, PyDict_DelItem
+cimport cython
+from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetItem
+from cpython.object cimport PyObject_Hash
 from cpython.ref cimport PyObject
 from libc.math cimport INFINITY, NAN, isnan
-from libc.stdint cimport int64_t, uint8_t
-from libc.stdlib cimport free, realloc
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdlib cimport free, qsort, realloc
+from libc.string cimport memset
+from posix.stdlib cimport posix_memalign
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from operator import index as _index
 
 # One sentinel for both kernels, so callers compare with ``is`` whichever one is loaded.
-from stalwart._fast.cache_py import NEGATIVE
+from stalwart._fast.cache_py import MAX_CAPACITY, NEGATIVE
 
 __all__ = ["Cache", "NEGATIVE"]
 
@@ -33,22 +41,18 @@ cdef enum:
     FREE = 0
     HOT = 1
     COLD = 2
-    GHOST = 3
     NIL = -1
     MAX_REF = 2
+    WAYS = 4
 
-# Bounds shared with the twin: weights are summed in int64, so capacity stays below 2**62.
-MAX_CAPACITY = 1 << 62
+cdef extern from *:
+    """
+    #define sw_prefetch(p) __builtin_prefetch((p), 1, 3)
+    """
+    void sw_prefetch(const void *p) noexcept nogil
 
-
-cdef struct Slot:
-    int64_t weight
-    double expires
-    Py_ssize_t next
-    Py_ssize_t prev
-    uint8_t queue
-    uint8_t ref
-    uint8_t negative
+# 2**64 / golden ratio: spreads runs of int hashes (ints hash to themselves) over the buckets
+cdef uint64_t FIB = 0x9E3779B97F4A7C15ULL
 
 
 cdef inline double _monotonic() noexcept nogil:
@@ -64,21 +68,159 @@ cdef double _expiry_arg(object value, str name) except? -1.0:
     return x
 
 
+cdef struct GhostPair:
+    Py_hash_t tag
+    int64_t stamp  # 0: empty
+
+
+@cython.final
+cdef class _Ghosts:
+    """Hashes of keys evicted from cold, stamped with the eviction that recorded them; see
+    ``cache_py._Ghosts``. A bucket of four pairs is 64 bytes, allocated on a 64-byte boundary,
+    so recording or looking up a hash touches one cache line."""
+
+    cdef GhostPair *pairs
+    cdef Py_ssize_t nslots
+    cdef int shift
+    cdef int64_t seq
+
+    def __cinit__(self):
+        self.pairs = NULL
+        self.clear()
+
+    def __dealloc__(self):
+        free(self.pairs)
+
+    cdef void clear(self) noexcept:
+        free(self.pairs)
+        self.pairs = NULL
+        self.nslots = 0
+        self.shift = 64
+        self.seq = 0
+
+    cdef inline GhostPair *_bucket(self, Py_hash_t h) noexcept:
+        return self.pairs + WAYS * <Py_ssize_t> ((<uint64_t> h * FIB) >> self.shift)
+
+    cdef inline void prefetch(self, Py_hash_t h) noexcept:
+        """Start loading the bucket of ``h``: a miss is usually followed by a put of the same key,
+        and the ghost lookup there is the one access of ``put`` that is likely to miss the CPU
+        cache."""
+        if self.nslots:
+            sw_prefetch(self._bucket(h))
+
+    cdef GhostPair *_find(self, Py_hash_t h) noexcept:
+        if self.nslots == 0:
+            return NULL
+        cdef GhostPair *b = self._bucket(h)
+        cdef int i
+        for i in range(WAYS):
+            if b[i].stamp and b[i].tag == h:
+                return &b[i]
+        return NULL
+
+    cdef void _place(self, Py_hash_t h, int64_t stamp) noexcept:
+        cdef GhostPair *b = self._bucket(h)
+        cdef GhostPair *victim = b
+        cdef int i
+        for i in range(WAYS):
+            if b[i].stamp and b[i].tag == h:
+                victim = &b[i]
+                break
+            if b[i].stamp < victim.stamp:
+                victim = &b[i]
+        victim.tag = h
+        victim.stamp = stamp
+
+    cdef int _resize(self, Py_ssize_t slots) except -1:
+        cdef GhostPair *old = self.pairs
+        cdef Py_ssize_t n = self.nslots
+        cdef Py_ssize_t i, m = 0
+        cdef void *mem = NULL
+        if posix_memalign(&mem, 64, slots * sizeof(GhostPair)) != 0:
+            raise MemoryError()
+        memset(mem, 0, slots * sizeof(GhostPair))
+        # re-place live pairs oldest first, as the twin does, so both tables stay identical
+        for i in range(n):
+            if old[i].stamp:
+                old[m] = old[i]
+                m += 1
+        qsort(old, m, sizeof(GhostPair), _by_stamp)
+        self.pairs = <GhostPair *> mem
+        self.nslots = slots
+        self.shift = 64
+        i = slots // WAYS
+        while i > 1:
+            i >>= 1
+            self.shift -= 1
+        for i in range(m):
+            self._place(old[i].tag, old[i].stamp)
+        free(old)
+        return 0
+
+    cdef int record(self, Py_hash_t h, Py_ssize_t window) except -1:
+        cdef Py_ssize_t slots
+        if self.nslots == 0 or 2 * window > self.nslots:
+            slots = max(64, self.nslots)
+            while slots < 2 * window:
+                slots *= 2
+            self._resize(slots)
+        self.seq += 1
+        self._place(h, self.seq)
+        return 0
+
+    cdef bint take(self, Py_hash_t h, Py_ssize_t window) noexcept:
+        cdef GhostPair *p = self._find(h)
+        if p == NULL:
+            return False
+        cdef bint alive = self.seq - p.stamp < window
+        p.stamp = 0
+        return alive
+
+    cdef void discard(self, Py_hash_t h) noexcept:
+        cdef GhostPair *p = self._find(h)
+        if p != NULL:
+            p.stamp = 0
+
+
+cdef int _by_stamp(const void *a, const void *b) noexcept nogil:
+    cdef int64_t x = (<const GhostPair *> a).stamp
+    cdef int64_t y = (<const GhostPair *> b).stamp
+    return (x > y) - (x < y)
+
+
+@cython.final
+cdef class _Entry:
+    """One pool position: a resident entry or a free slot."""
+
+    cdef object key
+    cdef object value
+    cdef double expires
+    cdef int64_t weight
+    cdef Py_ssize_t index
+    cdef uint8_t queue
+    cdef uint8_t ref
+    cdef bint negative
+
+    def __cinit__(self, Py_ssize_t index):
+        self.index = index
+        self.expires = INFINITY
+
+
+@cython.final
 cdef class Cache:
     """A cache bounded by the total weight (bytes) of its entries; see ``cache_py.Cache``."""
 
-    cdef Slot *_slots
-    cdef Py_ssize_t _nslots
     cdef dict _index
-    cdef list _keys
-    cdef list _values
-    cdef list _slot_ids
+    cdef list _pool
+    cdef Py_ssize_t *_next
+    cdef Py_ssize_t *_prev
+    cdef Py_ssize_t _nslots
     cdef Py_ssize_t _free
-    cdef Py_ssize_t _head[4]
-    cdef Py_ssize_t _tail[4]
-    cdef Py_ssize_t _count[4]
-    cdef int64_t _hot_weight
-    cdef int64_t _cold_weight
+    cdef Py_ssize_t _head[3]
+    cdef Py_ssize_t _tail[3]
+    cdef Py_ssize_t _count[3]
+    cdef int64_t _weight[3]
+    cdef _Ghosts _ghosts
     cdef int64_t _capacity
     cdef int64_t _hot_target
     cdef Py_ssize_t _cursor
@@ -93,7 +235,8 @@ cdef class Cache:
     cdef readonly int64_t rejected
 
     def __cinit__(self):
-        self._slots = NULL
+        self._next = NULL
+        self._prev = NULL
         self._nslots = 0
 
     def __init__(self, capacity, weigher=None, clock=None):
@@ -103,7 +246,8 @@ cdef class Cache:
         self._reset()
 
     def __dealloc__(self):
-        free(self._slots)
+        free(self._next)
+        free(self._prev)
 
     # ------------------------------------------------------------ storage
 
@@ -118,25 +262,27 @@ cdef class Cache:
         return 0
 
     cdef int _reset(self) except -1:
-        # Old containers are released only when the state is consistent again: freeing them
-        # may run finalizers of keys and values, and a finalizer may use this cache.
-        old = (self._index, self._keys, self._values)
         cdef int q
-        free(self._slots)
-        self._slots = NULL
+        free(self._next)
+        free(self._prev)
+        self._next = NULL
+        self._prev = NULL
         self._nslots = 0
         self._free = NIL
-        for q in range(4):
+        for q in range(3):
             self._head[q] = NIL
             self._tail[q] = NIL
             self._count[q] = 0
-        self._hot_weight = 0
-        self._cold_weight = 0
+            self._weight[q] = 0
         self._cursor = 0
-        self._index = {}
-        self._keys = []
-        self._values = []
-        self._slot_ids = []
+        if self._ghosts is None:
+            self._ghosts = _Ghosts()
+        else:
+            self._ghosts.clear()
+        # The old pool and index are released last, when the state is consistent again: that
+        # may run finalizers of keys and values, and a finalizer may use this cache.
+        self._index, old_index = {}, self._index
+        self._pool, old_pool = [], self._pool
         return 0
 
     cdef inline double _now(self) except? -1.0:
@@ -148,128 +294,121 @@ cdef class Cache:
         cdef Py_ssize_t n = self._nslots
         cdef Py_ssize_t new = 16 if n < 8 else 2 * n
         cdef Py_ssize_t i
-        cdef Slot *s = <Slot *> realloc(self._slots, new * sizeof(Slot))
-        if s == NULL:
+        cdef Py_ssize_t *nx = <Py_ssize_t *> realloc(self._next, new * sizeof(Py_ssize_t))
+        if nx == NULL:
             raise MemoryError()
-        self._slots = s
-        self._keys.extend([None] * (new - n))
-        self._values.extend([None] * (new - n))
-        self._slot_ids.extend(range(n, new))
+        self._next = nx
+        cdef Py_ssize_t *pv = <Py_ssize_t *> realloc(self._prev, new * sizeof(Py_ssize_t))
+        if pv == NULL:
+            raise MemoryError()
+        self._prev = pv
+        self._pool.extend([_Entry(i) for i in range(n, new)])
         self._nslots = new
-        # pushed in reverse so the lowest new slot is taken first, as in the twin
+        # pushed in reverse so the lowest new position is taken first, as in the twin
         for i in range(new - 1, n - 1, -1):
-            s[i].weight = 0
-            s[i].expires = INFINITY
-            s[i].prev = NIL
-            s[i].queue = FREE
-            s[i].ref = 0
-            s[i].negative = 0
-            s[i].next = self._free
+            pv[i] = NIL
+            nx[i] = self._free
             self._free = i
         return 0
 
-    cdef inline Py_ssize_t _alloc(self) except -1:
+    cdef inline _Entry _alloc(self):
         if self._free == NIL:
             self._grow()
         cdef Py_ssize_t i = self._free
-        self._free = self._slots[i].next
-        return i
+        self._free = self._next[i]
+        return <_Entry> self._pool[i]
 
-    cdef inline int _release(self, Py_ssize_t i) except -1:
-        # hold key and value until the slot is free again (see _reset on finalizers)
-        key = self._keys[i]
-        value = self._values[i]
-        self._keys[i] = None
-        self._values[i] = None
-        self._slots[i].queue = FREE
-        self._slots[i].next = self._free
-        self._free = i
+    cdef inline int _release(self, _Entry e) except -1:
+        # hold key and value until the entry is free again (see _reset on finalizers)
+        key = e.key
+        value = e.value
+        e.key = None
+        e.value = None
+        e.queue = FREE
+        self._next[e.index] = self._free
+        self._free = e.index
         return 0
 
-    cdef inline void _link(self, Py_ssize_t i, uint8_t q) noexcept:
-        cdef Slot *s = &self._slots[i]
+    cdef inline void _link(self, _Entry e, uint8_t q) noexcept:
+        cdef Py_ssize_t i = e.index
         cdef Py_ssize_t t = self._tail[q]
-        s.queue = q
-        s.prev = t
-        s.next = NIL
+        e.queue = q
+        self._prev[i] = t
+        self._next[i] = NIL
         if t == NIL:
             self._head[q] = i
         else:
-            self._slots[t].next = i
+            self._next[t] = i
         self._tail[q] = i
         self._count[q] += 1
-        if q == HOT:
-            self._hot_weight += s.weight
-        elif q == COLD:
-            self._cold_weight += s.weight
+        self._weight[q] += e.weight
 
-    cdef inline void _unlink(self, Py_ssize_t i) noexcept:
-        cdef Slot *s = &self._slots[i]
-        cdef uint8_t q = s.queue
-        if s.prev == NIL:
-            self._head[q] = s.next
+    cdef inline void _unlink(self, _Entry e) noexcept:
+        cdef Py_ssize_t i = e.index
+        cdef uint8_t q = e.queue
+        cdef Py_ssize_t p = self._prev[i]
+        cdef Py_ssize_t n = self._next[i]
+        if p == NIL:
+            self._head[q] = n
         else:
-            self._slots[s.prev].next = s.next
-        if s.next == NIL:
-            self._tail[q] = s.prev
+            self._next[p] = n
+        if n == NIL:
+            self._tail[q] = p
         else:
-            self._slots[s.next].prev = s.prev
+            self._prev[n] = p
         self._count[q] -= 1
-        if q == HOT:
-            self._hot_weight -= s.weight
-        elif q == COLD:
-            self._cold_weight -= s.weight
+        self._weight[q] -= e.weight
 
-    cdef int _drop(self, Py_ssize_t i) except -1:
-        self._unlink(i)
-        PyDict_DelItem(self._index, self._keys[i])
-        self._release(i)
+    cdef int _drop(self, _Entry e) except -1:
+        self._unlink(e)
+        PyDict_DelItem(self._index, e.key)
+        self._release(e)
         return 0
+
+    cdef inline _Entry _at(self, Py_ssize_t i):
+        return <_Entry> self._pool[i]
 
     # ------------------------------------------------------------ eviction
 
     cdef bint _advance_hot(self) except -1:
         cdef Py_ssize_t i
-        cdef Slot *s
+        cdef _Entry e
         while True:
             i = self._head[HOT]
             if i == NIL:
                 return False
-            s = &self._slots[i]
-            if s.ref > 0:
-                s.ref -= 1
-                self._unlink(i)
-                self._link(i, HOT)
+            e = self._at(i)
+            if e.ref > 0:
+                e.ref -= 1
+                self._unlink(e)
+                self._link(e, HOT)
             else:
-                self._drop(i)
+                self._drop(e)
                 self.evictions += 1
                 return True
 
     cdef bint _advance_cold(self) except -1:
         cdef Py_ssize_t i = self._head[COLD]
-        cdef Py_ssize_t resident
         if i == NIL:
             return self._advance_hot()
-        self._unlink(i)
-        cdef Slot *s = &self._slots[i]
-        if s.ref > 0:
-            s.ref -= 1
-            self._link(i, HOT)
-            while self._hot_weight > self._hot_target:
+        cdef _Entry e = self._at(i)
+        self._unlink(e)
+        if e.ref > 0:
+            e.ref -= 1
+            self._link(e, HOT)
+            while self._weight[HOT] > self._hot_target:
                 if not self._advance_hot():
                     break
             return True
-        value = self._values[i]  # released on return, once the ring is consistent
-        self._values[i] = None
-        self._link(i, GHOST)
+        cdef Py_hash_t h = PyObject_Hash(e.key)
+        PyDict_DelItem(self._index, e.key)
+        self._release(e)
         self.evictions += 1
-        resident = self._count[HOT] + self._count[COLD]
-        while self._count[GHOST] > resident:
-            self._drop(self._head[GHOST])
+        self._ghosts.record(h, self._count[HOT] + self._count[COLD])
         return True
 
     cdef int _shrink_to_capacity(self) except -1:
-        while self._hot_weight + self._cold_weight > self._capacity:
+        while self._weight[HOT] + self._weight[COLD] > self._capacity:
             if not self._advance_cold():
                 break
         return 0
@@ -302,44 +441,40 @@ cdef class Cache:
             return INFINITY
         return self._now() + t if t > 0 else NAN
 
-    cdef inline Py_ssize_t _lookup(self, object key) except -2:
-        """Slot of ``key`` (resident or ghost), or NIL."""
+    cdef inline _Entry _lookup(self, object key):
+        """The entry of ``key``, or None."""
         cdef PyObject *p = PyDict_GetItemWithError(self._index, key)
         if p == NULL:
-            return NIL
-        return <Py_ssize_t> (<object> p)
+            return None
+        return <_Entry> p
 
     # ------------------------------------------------------------ API
 
     def get(self, key, default=None):
         """The value cached for ``key``, ``NEGATIVE`` for a negative entry, else ``default``."""
-        cdef Py_ssize_t i = self._lookup(key)
-        cdef Slot *s
-        if i == NIL:
+        cdef _Entry e = self._lookup(key)
+        if e is None:
             self.misses += 1
+            self._ghosts.prefetch(PyObject_Hash(key))
             return default
-        s = &self._slots[i]
-        if s.queue == GHOST:
-            self.misses += 1
-            return default
-        if s.expires != INFINITY and self._now() >= s.expires:
-            self._drop(i)
+        if e.expires != INFINITY and self._now() >= e.expires:
+            self._drop(e)
             self.expired += 1
             self.misses += 1
             return default
-        if s.ref < MAX_REF:
-            s.ref += 1
-        if s.negative:
+        if e.ref < MAX_REF:
+            e.ref += 1
+        if e.negative:
             self.negative_hits += 1
             return _NEGATIVE
         self.hits += 1
-        return self._values[i]
+        return e.value
 
     def put(self, key, value, weight=None, ttl=None, expires_at=None):
         """Cache ``value`` under ``key``; returns whether it is resident afterwards."""
         cdef int64_t w = self._weigh(key, value, weight)
         cdef double exp = self._expiry(ttl, expires_at)
-        return self._store(key, value, w, exp, 0)
+        return self._store(key, value, w, exp, False)
 
     def put_negative(self, key, ttl=None, weight=None, expires_at=None):
         """Remember that ``key`` does not exist until ``ttl`` seconds from now (or ``expires_at``)."""
@@ -347,12 +482,11 @@ cdef class Cache:
             raise ValueError("a negative entry needs a ttl or expires_at")
         cdef int64_t w = self._weigh(key, _NEGATIVE, weight)
         cdef double exp = self._expiry(ttl, expires_at)
-        return self._store(key, None, w, exp, 1)
+        return self._store(key, None, w, exp, True)
 
-    cdef bint _store(self, object key, object value, int64_t w, double exp, uint8_t negative) except -1:
-        cdef Py_ssize_t i
-        cdef Slot *s
-        cdef bint enter_hot
+    cdef bint _store(self, object key, object value, int64_t w, double exp, bint negative) except -1:
+        cdef _Entry e
+        cdef uint8_t ring
         if w > self._hot_target:
             self._discard(key)
             self.rejected += 1
@@ -360,89 +494,83 @@ cdef class Cache:
         if isnan(exp):
             self._discard(key)
             return False
-        i = self._lookup(key)
-        if i != NIL:
-            s = &self._slots[i]
-            if s.queue == GHOST:
-                self._unlink(i)
-                s.ref = 0
-                s.weight = w
-                self._link(i, HOT)
-            else:
-                if s.queue == HOT:
-                    self._hot_weight += w - s.weight
-                else:
-                    self._cold_weight += w - s.weight
-                s.weight = w
-                if s.ref < MAX_REF:
-                    s.ref += 1
-            s.expires = exp
-            s.negative = negative
-            old = self._values[i]  # released on return: its finalizer must not see a half update
-            self._values[i] = value
+        e = self._lookup(key)
+        if e is not None:
+            self._weight[e.queue] += w - e.weight
+            e.weight = w
+            if e.ref < MAX_REF:
+                e.ref += 1
+            e.expires = exp
+            e.negative = negative
+            old = e.value  # released on return: its finalizer must not see a half update
+            e.value = value
             self.inserts += 1
             self._shrink_to_capacity()
         else:
-            enter_hot = self._hot_weight + w <= self._hot_target
-            while self._hot_weight + self._cold_weight + w > self._capacity:
+            if self._ghosts.nslots and self._ghosts.take(PyObject_Hash(key), self._count[HOT] + self._count[COLD]):
+                # a recently evicted key came back: it has proved reuse, so it goes hot
+                ring = HOT
+            elif self._weight[HOT] + w <= self._hot_target:
+                ring = HOT
+            else:
+                ring = COLD
+            while self._weight[HOT] + self._weight[COLD] + w > self._capacity:
                 if not self._advance_cold():
                     break
-            i = self._alloc()
-            s = &self._slots[i]
-            self._keys[i] = key
-            self._values[i] = value
-            s.weight = w
-            s.expires = exp
-            s.ref = 0
-            s.negative = negative
-            PyDict_SetItem(self._index, key, self._slot_ids[i])
-            self._link(i, HOT if enter_hot else COLD)
+            e = self._alloc()
+            e.key = key
+            e.value = value
+            e.weight = w
+            e.expires = exp
+            e.ref = 0
+            e.negative = negative
+            PyDict_SetItem(self._index, key, e)
+            self._link(e, ring)
             self.inserts += 1
-        # nothing is allocated while evicting, so a slot still resident still holds this entry
-        return self._slots[i].queue == HOT or self._slots[i].queue == COLD
+        # nothing is allocated while evicting, so an entry still resident is still this one
+        return e.queue == HOT or e.queue == COLD
 
     cdef int _discard(self, object key) except -1:
-        cdef Py_ssize_t i = self._lookup(key)
-        if i != NIL and self._slots[i].queue != GHOST:
-            self._drop(i)
+        cdef _Entry e = self._lookup(key)
+        if e is not None:
+            self._drop(e)
         return 0
 
     def remove(self, key):
-        """Forget ``key`` (its ghost too); returns whether a resident entry was removed."""
-        cdef Py_ssize_t i = self._lookup(key)
-        if i == NIL:
+        """Forget ``key``, and the ghost of its hash; returns whether an entry was removed."""
+        self._ghosts.discard(PyObject_Hash(key))
+        cdef _Entry e = self._lookup(key)
+        if e is None:
             return False
-        cdef bint resident = self._slots[i].queue != GHOST
-        self._drop(i)
-        return resident
+        self._drop(e)
+        return True
 
-    cdef Py_ssize_t _live(self, object key) except -2:
-        """Slot of a resident, unexpired entry for ``key``, or NIL; changes nothing."""
-        cdef Py_ssize_t i = self._lookup(key)
-        if i == NIL or self._slots[i].queue == GHOST:
-            return NIL
-        if self._slots[i].expires != INFINITY and self._now() >= self._slots[i].expires:
-            return NIL
-        return i
+    cdef _Entry _live(self, object key):
+        """The resident, unexpired entry for ``key``, or None; changes nothing."""
+        cdef _Entry e = self._lookup(key)
+        if e is None:
+            return None
+        if e.expires != INFINITY and self._now() >= e.expires:
+            return None
+        return e
 
     def peek(self, key, default=None):
         """Like ``get`` without counting, referencing or removing anything."""
-        cdef Py_ssize_t i = self._live(key)
-        if i == NIL:
+        cdef _Entry e = self._live(key)
+        if e is None:
             return default
-        return _NEGATIVE if self._slots[i].negative else self._values[i]
+        return _NEGATIVE if e.negative else e.value
 
     def peek_entry(self, key):
         """``(value or NEGATIVE, weight, expires_at or None)`` of a live entry, else None."""
-        cdef Py_ssize_t i = self._live(key)
-        if i == NIL:
+        cdef _Entry e = self._live(key)
+        if e is None:
             return None
-        cdef Slot *s = &self._slots[i]
-        return (_NEGATIVE if s.negative else self._values[i], s.weight,
-                None if s.expires == INFINITY else s.expires)
+        return (_NEGATIVE if e.negative else e.value, e.weight,
+                None if e.expires == INFINITY else e.expires)
 
     def __contains__(self, key):
-        return self._live(key) != NIL
+        return self._live(key) is not None
 
     def __len__(self):
         return self._count[HOT] + self._count[COLD]
@@ -450,7 +578,7 @@ cdef class Cache:
     @property
     def weight(self):
         """Total weight of the resident entries; never above ``capacity``."""
-        return self._hot_weight + self._cold_weight
+        return self._weight[HOT] + self._weight[COLD]
 
     @property
     def capacity(self):
@@ -458,6 +586,7 @@ cdef class Cache:
 
     @property
     def max_entry_weight(self):
+        """The heaviest entry that can be cached: 97 % of the capacity."""
         return self._hot_target
 
     def resize(self, capacity):
@@ -470,9 +599,8 @@ cdef class Cache:
         self._reset()
 
     def sweep(self, limit):
-        """Examine up to ``limit`` slots from where the last call stopped; remove expired entries.
-
-        Returns ``(removed, finished)``; see ``cache_py.Cache.sweep``.
+        """Examine up to ``limit`` pool positions from where the last call stopped; remove
+        expired entries. Returns ``(removed, finished)``; see ``cache_py.Cache.sweep``.
         """
         limit = _index(limit)
         if limit < 1:
@@ -481,7 +609,7 @@ cdef class Cache:
         cdef Py_ssize_t i, end
         cdef Py_ssize_t removed = 0
         cdef double now
-        cdef Slot *s
+        cdef _Entry e
         if self._cursor >= self._nslots:
             self._cursor = 0
             return 0, True
@@ -490,9 +618,9 @@ cdef class Cache:
         for i in range(self._cursor, end):
             if i >= self._nslots:  # a finalizer run by a removal cleared the cache
                 break
-            s = &self._slots[i]
-            if (s.queue == HOT or s.queue == COLD) and s.expires <= now:
-                self._drop(i)
+            e = self._at(i)
+            if (e.queue == HOT or e.queue == COLD) and e.expires <= now:
+                self._drop(e)
                 self.expired += 1
                 removed += 1
         self._cursor = end
@@ -502,24 +630,27 @@ cdef class Cache:
         return removed, False
 
     def retain(self, predicate):
-        """Keep only entries for which ``predicate(key, value or NEGATIVE)`` is true."""
-        cdef Py_ssize_t i
+        """Keep only entries for which ``predicate(key, value or NEGATIVE)`` is true.
+
+        Returns the number removed. The predicate may itself change the cache.
+        """
+        cdef _Entry e
         cdef Py_ssize_t removed = 0
-        snapshot = [(i, self._keys[i]) for i in range(self._nslots)
-                    if self._slots[i].queue == HOT or self._slots[i].queue == COLD]
-        for i, key in snapshot:
-            if not self._holds(i, key):
+        snapshot = [(e, e.key) for e in self._pool if e.queue == HOT or e.queue == COLD]
+        for e, key in snapshot:
+            if not self._holds(e, key):
                 continue
-            value = _NEGATIVE if self._slots[i].negative else self._values[i]
+            value = _NEGATIVE if e.negative else e.value
             # the predicate may change the cache, even clear it: re-check before dropping
-            if not predicate(key, value) and self._holds(i, key):
-                self._drop(i)
+            if not predicate(key, value) and self._holds(e, key):
+                self._drop(e)
                 removed += 1
         return removed
 
-    cdef inline bint _holds(self, Py_ssize_t i, object key):
-        return (i < self._nslots and self._keys[i] is key
-                and (self._slots[i].queue == HOT or self._slots[i].queue == COLD))
+    cdef bint _holds(self, _Entry e, object key):
+        cdef Py_ssize_t i = e.index
+        return (i < self._nslots and self._pool[i] is e and e.key is key
+                and (e.queue == HOT or e.queue == COLD))
 
     def stats(self):
         """Counters and occupancy, for metrics."""

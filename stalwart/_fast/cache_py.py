@@ -5,16 +5,20 @@ S3-FIFO because it had the better hit ratio on every trace of ``bench/cache_trac
 cost per operation (anchors.md §7):
 
 * two resident FIFO rings: **hot** (target 97 % of the capacity) and **cold** (a small probation
-  ring), and a **ghost** ring of keys recently evicted from cold, holding at most as many keys as
-  there are resident entries;
-* a new key enters hot while hot has room, else cold; a key found in the ghost ring enters hot;
+  ring), and **ghosts**: the hashes of keys evicted from cold during the last N evictions, N
+  being the number of resident entries (hashes, not keys: a ghost costs 16 bytes and touches no
+  Python object; a collision only admits a new key to hot);
+* a new key enters hot while hot has room, else cold; a key whose hash is a ghost enters hot;
 * ``get`` raises an entry's ``referenced`` counter (capped at 2); the cold head is promoted to hot
   when referenced, else evicted and remembered as a ghost; hot is a 2-bit CLOCK whose victims leave
   no ghost. One-hit keys (a scan) only ever pass through cold, so they cannot flush the hot set.
 
-Both twins keep the same slot layout (parallel per-slot arrays, rings as doubly-linked lists of slot
-numbers, a LIFO free list) so that one sequence of operations gives the same results, evictions
-and sweep order included, whichever kernel runs it. This module also defines :data:`NEGATIVE`,
+Both twins keep the same layout so that one sequence of operations gives the same results,
+evictions and sweep order included, whichever kernel runs it: the index dict maps a key to its
+entry object (value and metadata together, so a hit touches one object); entries live in a pool
+and are reused through a LIFO free list, never freed one by one; rings are doubly-linked lists of
+pool positions held in two integer arrays beside the pool. Ghosts live in :class:`_Ghosts`, a
+set-associative table that both kernels implement identically. This module also defines :data:`NEGATIVE`,
 which the compiled kernel imports, so that callers can compare with ``is`` whichever one is loaded.
 
 Not thread-safe: a worker owns its caches and touches them from its event loop only.
@@ -47,11 +51,10 @@ class _Negative:
 #: Returned by ``get`` for a key cached as known not to exist (``put_negative``).
 NEGATIVE = _Negative()
 
-# Ring ids, also the state of a slot.
-FREE, HOT, COLD, GHOST = 0, 1, 2, 3
+# Ring ids, also the state of an entry.
+FREE, HOT, COLD = 0, 1, 2
 NIL = -1
 INF = math.inf
-# Hot holds up to 97 % of the capacity: the reference's split, and the largest cacheable entry.
 MAX_REF = 2
 # Bounds shared with the compiled kernel, which sums weights in int64.
 MAX_CAPACITY = 1 << 62
@@ -64,6 +67,104 @@ def _expiry_arg(value: Any, name: str) -> float:
     return x
 
 
+_MASK64 = (1 << 64) - 1
+_FIB = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: spreads runs of int hashes over buckets
+WAYS = 4
+
+
+class _Ghosts:
+    """Hashes of keys evicted from cold, each stamped with the eviction number that recorded it.
+
+    A hash is a ghost while fewer than ``window`` evictions have been recorded since its stamp,
+    ``window`` being the number of resident entries when asked: the effect of a FIFO of ghosts as
+    long as the cache, without the FIFO. The table is set-associative: a hash lives in one bucket
+    of ``WAYS`` (tag, stamp) pairs, one cache line in the compiled kernel, so recording and
+    looking up each touch one line. A new hash replaces the bucket's oldest pair; with at least
+    twice as many pairs as resident entries, live ghosts are rarely pushed out early.
+    """
+
+    __slots__ = ("tags", "stamps", "shift", "seq")
+
+    def __init__(self) -> None:
+        self.tags: list[int] = []
+        self.stamps: list[int] = []  # 0: empty
+        self.shift = 64
+        self.seq = 0
+
+    def _bucket(self, h: int) -> int:
+        return (((h & _MASK64) * _FIB) & _MASK64) >> self.shift if self.tags else 0
+
+    def _find(self, h: int) -> int:
+        """Position of a stamped pair tagged ``h``, or NIL."""
+        if not self.tags:
+            return NIL
+        base = self._bucket(h) * WAYS
+        for i in range(base, base + WAYS):
+            if self.stamps[i] and self.tags[i] == h:
+                return i
+        return NIL
+
+    def _place(self, h: int, stamp: int) -> None:
+        base = self._bucket(h) * WAYS
+        victim = base
+        for i in range(base, base + WAYS):
+            if self.stamps[i] and self.tags[i] == h:
+                victim = i
+                break
+            if self.stamps[i] < self.stamps[victim]:
+                victim = i
+        self.tags[victim] = h
+        self.stamps[victim] = stamp
+
+    def _resize(self, slots: int) -> None:
+        live = sorted((st, tag) for tag, st in zip(self.tags, self.stamps) if st)
+        self.tags = [0] * slots
+        self.stamps = [0] * slots
+        self.shift = 64 - ((slots // WAYS).bit_length() - 1)
+        for st, tag in live:
+            self._place(tag, st)
+
+    def record(self, h: int, window: int) -> None:
+        """Remember ``h`` as evicted now; the table grows to twice ``window`` pairs."""
+        if not self.tags or 2 * window > len(self.tags):
+            slots = max(64, len(self.tags))
+            while slots < 2 * window:
+                slots *= 2
+            self._resize(slots)
+        self.seq += 1
+        self._place(h, self.seq)
+
+    def take(self, h: int, window: int) -> bool:
+        """Whether ``h`` is a live ghost; its pair is emptied either way."""
+        i = self._find(h)
+        if i == NIL:
+            return False
+        alive = self.seq - self.stamps[i] < window
+        self.stamps[i] = 0
+        return alive
+
+    def discard(self, h: int) -> None:
+        i = self._find(h)
+        if i != NIL:
+            self.stamps[i] = 0
+
+
+class _Entry:
+    """One pool position: a resident entry or a free slot."""
+
+    __slots__ = ("key", "value", "expires", "weight", "index", "queue", "ref", "negative")
+
+    def __init__(self, index: int):
+        self.key: Any = None
+        self.value: Any = None
+        self.expires = INF
+        self.weight = 0
+        self.index = index
+        self.queue = FREE
+        self.ref = 0
+        self.negative = False
+
+
 class Cache:
     """A cache bounded by the total weight (bytes) of its entries.
 
@@ -72,7 +173,7 @@ class Cache:
     ``NEGATIVE`` as its value); without a weigher such entries weigh 1, so the capacity counts
     entries. ``clock() -> float`` gives monotonic seconds for TTLs; the default is
     ``time.monotonic`` (tests inject their own). Entries heavier than :attr:`max_entry_weight`
-    (97 % of the capacity) are never cached.
+    (97 % of the capacity) are never cached. ``clock`` and ``weigher`` must not use the cache.
     """
 
     def __init__(self, capacity: int, weigher: Callable[[Any, Any], int] | None = None,
@@ -102,64 +203,51 @@ class Cache:
         self._hot_target = max(capacity * 97 // 100, 1)
 
     def _reset(self) -> None:
-        self._index: dict[Hashable, int] = {}
-        self._keys: list[Any] = []
-        self._values: list[Any] = []
-        self._weight: list[int] = []
-        self._expires: list[float] = []
+        self._index: dict[Hashable, _Entry] = {}
+        self._pool: list[_Entry] = []
         self._next: list[int] = []
         self._prev: list[int] = []
-        self._queue: list[int] = []
-        self._ref: list[int] = []
-        self._neg: list[bool] = []
         self._free = NIL
-        # head, tail and length of each ring, indexed by ring id (slot 0 unused: FREE)
-        self._head = [NIL, NIL, NIL, NIL]
-        self._tail = [NIL, NIL, NIL, NIL]
-        self._count = [0, 0, 0, 0]
-        self._hot_weight = 0
-        self._cold_weight = 0
+        # head, tail, length and weight of each ring, indexed by ring id (FREE unused)
+        self._head = [NIL, NIL, NIL]
+        self._tail = [NIL, NIL, NIL]
+        self._count = [0, 0, 0]
+        self._weight = [0, 0, 0]
+        self._ghosts = _Ghosts()
         self._cursor = 0
 
     def _grow(self) -> None:
-        n = len(self._keys)
+        n = len(self._pool)
         new = max(16, 2 * n)
-        extra = new - n
-        self._keys.extend([None] * extra)
-        self._values.extend([None] * extra)
-        self._weight.extend([0] * extra)
-        self._expires.extend([INF] * extra)
-        self._next.extend([NIL] * extra)
-        self._prev.extend([NIL] * extra)
-        self._queue.extend([FREE] * extra)
-        self._ref.extend([0] * extra)
-        self._neg.extend([False] * extra)
-        # pushed in reverse so the lowest new slot is taken first, as in the compiled kernel
+        self._pool.extend(_Entry(i) for i in range(n, new))
+        self._next.extend([NIL] * (new - n))
+        self._prev.extend([NIL] * (new - n))
+        # pushed in reverse so the lowest new position is taken first
         for i in range(new - 1, n - 1, -1):
             self._next[i] = self._free
             self._free = i
 
-    def _alloc(self) -> int:
+    def _alloc(self) -> _Entry:
         if self._free == NIL:
             self._grow()
         i = self._free
         self._free = self._next[i]
-        return i
+        return self._pool[i]
 
-    def _release(self, i: int) -> None:
-        # hold key and value until the slot is free again: dropping them may run finalizers,
-        # and a finalizer may use this cache
-        held = (self._keys[i], self._values[i])  # noqa: F841
-        self._keys[i] = None
-        self._values[i] = None
-        self._queue[i] = FREE
-        self._next[i] = self._free
-        self._free = i
+    def _release(self, e: _Entry) -> None:
+        # hold key and value until the entry is free again: dropping them may run finalizers
+        held = (e.key, e.value)  # noqa: F841
+        e.key = None
+        e.value = None
+        e.queue = FREE
+        self._next[e.index] = self._free
+        self._free = e.index
 
-    def _link(self, i: int, q: int) -> None:
-        """Append slot ``i`` at the tail of ring ``q``."""
+    def _link(self, e: _Entry, q: int) -> None:
+        """Append ``e`` at the tail of ring ``q``."""
+        i = e.index
         t = self._tail[q]
-        self._queue[i] = q
+        e.queue = q
         self._prev[i] = t
         self._next[i] = NIL
         if t == NIL:
@@ -168,13 +256,11 @@ class Cache:
             self._next[t] = i
         self._tail[q] = i
         self._count[q] += 1
-        if q == HOT:
-            self._hot_weight += self._weight[i]
-        elif q == COLD:
-            self._cold_weight += self._weight[i]
+        self._weight[q] += e.weight
 
-    def _unlink(self, i: int) -> None:
-        q = self._queue[i]
+    def _unlink(self, e: _Entry) -> None:
+        i = e.index
+        q = e.queue
         p, n = self._prev[i], self._next[i]
         if p == NIL:
             self._head[q] = n
@@ -185,16 +271,13 @@ class Cache:
         else:
             self._prev[n] = p
         self._count[q] -= 1
-        if q == HOT:
-            self._hot_weight -= self._weight[i]
-        elif q == COLD:
-            self._cold_weight -= self._weight[i]
+        self._weight[q] -= e.weight
 
-    def _drop(self, i: int) -> None:
-        """Forget slot ``i`` entirely (resident or ghost): no ghost is left behind."""
-        self._unlink(i)
-        del self._index[self._keys[i]]
-        self._release(i)
+    def _drop(self, e: _Entry) -> None:
+        """Forget resident entry ``e``; no ghost is left behind."""
+        self._unlink(e)
+        del self._index[e.key]
+        self._release(e)
 
     # ---------------------------------------------------------------- eviction
 
@@ -204,41 +287,39 @@ class Cache:
             i = self._head[HOT]
             if i == NIL:
                 return False
-            r = self._ref[i]
-            if r > 0:
-                self._ref[i] = r - 1
-                self._unlink(i)
-                self._link(i, HOT)
+            e = self._pool[i]
+            if e.ref > 0:
+                e.ref -= 1
+                self._unlink(e)
+                self._link(e, HOT)
             else:
-                self._drop(i)
+                self._drop(e)
                 self.evictions += 1
                 return True
 
     def _advance_cold(self) -> bool:
-        """Promote the cold head if it was referenced, else evict it to the ghost ring."""
+        """Promote the cold head if it was referenced, else evict it and remember its hash."""
         i = self._head[COLD]
         if i == NIL:
             return self._advance_hot()
-        self._unlink(i)
-        if self._ref[i] > 0:
-            self._ref[i] -= 1
-            self._link(i, HOT)
-            while self._hot_weight > self._hot_target:
+        e = self._pool[i]
+        self._unlink(e)
+        if e.ref > 0:
+            e.ref -= 1
+            self._link(e, HOT)
+            while self._weight[HOT] > self._hot_target:
                 if not self._advance_hot():
                     break
             return True
-        held = self._values[i]  # noqa: F841 -- released on return, once the ring is consistent
-        self._values[i] = None
-        self._link(i, GHOST)
+        h = hash(e.key)
+        del self._index[e.key]
+        self._release(e)
         self.evictions += 1
-        # ghosts remember at most as many keys as are resident
-        resident = self._count[HOT] + self._count[COLD]
-        while self._count[GHOST] > resident:
-            self._drop(self._head[GHOST])
+        self._ghosts.record(h, self._count[HOT] + self._count[COLD])
         return True
 
     def _shrink_to_capacity(self) -> None:
-        while self._hot_weight + self._cold_weight > self._capacity:
+        while self._weight[HOT] + self._weight[COLD] > self._capacity:
             if not self._advance_cold():
                 break
 
@@ -246,7 +327,9 @@ class Cache:
 
     def _weigh(self, key: Any, value: Any, weight: Any) -> int:
         if weight is None:
-            weight = 1 if self._weigher is None else self._weigher(key, value)
+            if self._weigher is None:
+                return 1
+            weight = self._weigher(key, value)
         w = operator.index(weight)
         if w < 1 or w > MAX_CAPACITY:
             raise ValueError(f"an entry's weight must be between 1 and {MAX_CAPACITY}")
@@ -276,23 +359,22 @@ class Cache:
 
         An entry whose expiry is at or before ``clock()`` is removed and reported as a miss.
         """
-        i = self._index.get(key)
-        if i is None or self._queue[i] == GHOST:
+        e = self._index.get(key)
+        if e is None:
             self.misses += 1
             return default
-        exp = self._expires[i]
-        if exp != INF and self._clock() >= exp:
-            self._drop(i)
+        if e.expires != INF and self._clock() >= e.expires:
+            self._drop(e)
             self.expired += 1
             self.misses += 1
             return default
-        if self._ref[i] < MAX_REF:
-            self._ref[i] += 1
-        if self._neg[i]:
+        if e.ref < MAX_REF:
+            e.ref += 1
+        if e.negative:
             self.negative_hits += 1
             return NEGATIVE
         self.hits += 1
-        return self._values[i]
+        return e.value
 
     def put(self, key: Hashable, value: Any, weight: int | None = None, ttl: float | None = None,
             expires_at: float | None = None) -> bool:
@@ -301,7 +383,7 @@ class Cache:
         ``weight`` defaults to the weigher's answer; ``ttl`` (seconds from now) or ``expires_at``
         (monotonic seconds, same clock) bounds its life, neither means no expiry. An entry
         heavier than :attr:`max_entry_weight`, or already expired, is not cached and any older
-        entry for the key is removed.
+        entry for the key is removed. Replacing a resident entry counts as a reference to it.
         """
         w = self._weigh(key, value, weight)
         return self._store(key, value, w, self._expiry(ttl, expires_at), False)
@@ -318,6 +400,8 @@ class Cache:
         return self._store(key, None, w, self._expiry(ttl, expires_at), True)
 
     def _store(self, key: Hashable, value: Any, w: int, exp: float, negative: bool) -> bool:
+        """Insert or replace; evictions happen before a new entry is linked, so a new entry is
+        never its own victim."""
         if w > self._hot_target:
             self._discard(key)
             self.rejected += 1
@@ -325,85 +409,79 @@ class Cache:
         if exp != exp:  # NaN: already expired, so a stale older entry must not survive either
             self._discard(key)
             return False
-        i = self._index.get(key)
-        if i is not None:
-            if self._queue[i] == GHOST:
-                # a recently evicted key came back: it has proved reuse, so it goes hot
-                self._unlink(i)
-                self._ref[i] = 0
-                self._weight[i] = w
-                self._link(i, HOT)
-            else:
-                delta = w - self._weight[i]
-                self._weight[i] = w
-                if self._queue[i] == HOT:
-                    self._hot_weight += delta
-                else:
-                    self._cold_weight += delta
-                if self._ref[i] < MAX_REF:
-                    self._ref[i] += 1
-            self._expires[i] = exp
-            self._neg[i] = negative
-            old = self._values[i]  # noqa: F841 -- released on return, not mid-update
-            self._values[i] = value
+        e = self._index.get(key)
+        if e is not None:
+            self._weight[e.queue] += w - e.weight
+            e.weight = w
+            if e.ref < MAX_REF:
+                e.ref += 1
+            e.expires = exp
+            e.negative = negative
+            old = e.value  # noqa: F841 -- released on return, not mid-update
+            e.value = value
             self.inserts += 1
             self._shrink_to_capacity()
         else:
-            enter_hot = self._hot_weight + w <= self._hot_target
-            while self._hot_weight + self._cold_weight + w > self._capacity:
+            if self._ghosts.take(hash(key), self._count[HOT] + self._count[COLD]):
+                # a recently evicted key came back: it has proved reuse, so it goes hot
+                ring = HOT
+            else:
+                ring = HOT if self._weight[HOT] + w <= self._hot_target else COLD
+            while self._weight[HOT] + self._weight[COLD] + w > self._capacity:
                 if not self._advance_cold():
                     break
-            i = self._alloc()
-            self._keys[i] = key
-            self._values[i] = value
-            self._weight[i] = w
-            self._expires[i] = exp
-            self._ref[i] = 0
-            self._neg[i] = negative
-            self._index[key] = i
-            self._link(i, HOT if enter_hot else COLD)
+            e = self._alloc()
+            e.key = key
+            e.value = value
+            e.weight = w
+            e.expires = exp
+            e.ref = 0
+            e.negative = negative
+            self._index[key] = e
+            self._link(e, ring)
             self.inserts += 1
-        # nothing is allocated while evicting, so a slot still resident still holds this entry
-        q = self._queue[i]
-        return q == HOT or q == COLD
+        # nothing is allocated while evicting, so an entry still resident is still this one
+        return e.queue == HOT or e.queue == COLD
 
     def _discard(self, key: Hashable) -> None:
-        i = self._index.get(key)
-        if i is not None and self._queue[i] != GHOST:
-            self._drop(i)
+        e = self._index.get(key)
+        if e is not None:
+            self._drop(e)
 
     def remove(self, key: Hashable) -> bool:
-        """Forget ``key`` (its ghost too); returns whether a resident entry was removed."""
-        i = self._index.get(key)
-        if i is None:
+        """Forget ``key``, and the ghost of its hash; returns whether an entry was removed."""
+        self._ghosts.discard(hash(key))
+        e = self._index.get(key)
+        if e is None:
             return False
-        resident = self._queue[i] != GHOST
-        self._drop(i)
-        return resident
+        self._drop(e)
+        return True
+
+    def _live(self, key: Hashable) -> _Entry | None:
+        """The resident, unexpired entry for ``key``; changes nothing."""
+        e = self._index.get(key)
+        if e is None:
+            return None
+        if e.expires != INF and self._clock() >= e.expires:
+            return None
+        return e
 
     def peek(self, key: Hashable, default: Any = None) -> Any:
         """Like :meth:`get` without counting, referencing or removing anything."""
-        i = self._index.get(key)
-        if i is None or self._queue[i] == GHOST:
+        e = self._live(key)
+        if e is None:
             return default
-        exp = self._expires[i]
-        if exp != INF and self._clock() >= exp:
-            return default
-        return NEGATIVE if self._neg[i] else self._values[i]
+        return NEGATIVE if e.negative else e.value
 
     def peek_entry(self, key: Hashable) -> tuple[Any, int, float | None] | None:
         """``(value or NEGATIVE, weight, expires_at or None)`` of a live entry, else None."""
-        i = self._index.get(key)
-        if i is None or self._queue[i] == GHOST:
+        e = self._live(key)
+        if e is None:
             return None
-        exp = self._expires[i]
-        if exp != INF and self._clock() >= exp:
-            return None
-        value = NEGATIVE if self._neg[i] else self._values[i]
-        return (value, self._weight[i], None if exp == INF else exp)
+        return (NEGATIVE if e.negative else e.value, e.weight, None if e.expires == INF else e.expires)
 
     def __contains__(self, key: Hashable) -> bool:
-        return self.peek_entry(key) is not None
+        return self._live(key) is not None
 
     def __len__(self) -> int:
         """Resident entries, negative ones and expired ones not yet removed included."""
@@ -412,7 +490,7 @@ class Cache:
     @property
     def weight(self) -> int:
         """Total weight of the resident entries; never above :attr:`capacity`."""
-        return self._hot_weight + self._cold_weight
+        return self._weight[HOT] + self._weight[COLD]
 
     @property
     def capacity(self) -> int:
@@ -420,6 +498,7 @@ class Cache:
 
     @property
     def max_entry_weight(self) -> int:
+        """The heaviest entry that can be cached: 97 % of the capacity."""
         return self._hot_target
 
     def resize(self, capacity: int) -> None:
@@ -429,20 +508,21 @@ class Cache:
 
     def clear(self) -> None:
         """Drop every entry and ghost; counters are kept (they are cumulative metrics)."""
-        held = (self._index, self._keys, self._values)  # noqa: F841 -- released once reset
+        held = (self._index, self._pool)  # noqa: F841 -- released once the state is reset
         self._reset()
 
     def sweep(self, limit: int) -> tuple[int, bool]:
-        """Examine up to ``limit`` slots from where the last call stopped; remove expired entries.
+        """Examine up to ``limit`` pool positions from where the last call stopped; remove
+        expired entries.
 
         Returns ``(removed, finished)``, ``finished`` being true when this call reached the end
-        of the slot table (the next call starts a new pass). Lets the owner spread expiry over
-        many event-loop ticks instead of stalling one.
+        of the pool (the next call starts a new pass). Lets the owner spread expiry over many
+        event-loop ticks instead of stalling one.
         """
         limit = operator.index(limit)
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        n = len(self._keys)
+        n = len(self._pool)
         if self._cursor >= n:
             self._cursor = 0
             return 0, True
@@ -450,11 +530,11 @@ class Cache:
         removed = 0
         end = min(n, self._cursor + limit)
         for i in range(self._cursor, end):
-            if i >= len(self._keys):  # a finalizer run by a removal cleared the cache
+            if i >= len(self._pool):  # a finalizer run by a removal cleared the cache
                 break
-            q = self._queue[i]
-            if (q == HOT or q == COLD) and self._expires[i] <= now:
-                self._drop(i)
+            e = self._pool[i]
+            if (e.queue == HOT or e.queue == COLD) and e.expires <= now:
+                self._drop(e)
                 self.expired += 1
                 removed += 1
         self._cursor = end
@@ -468,21 +548,21 @@ class Cache:
 
         Returns the number removed. The predicate may itself change the cache.
         """
-        snapshot = [(i, self._keys[i]) for i in range(len(self._keys))
-                    if self._queue[i] == HOT or self._queue[i] == COLD]
+        snapshot = [(e, e.key) for e in self._pool if e.queue == HOT or e.queue == COLD]
         removed = 0
-        for i, key in snapshot:
-            if not self._holds(i, key):
+        for e, key in snapshot:
+            if not self._holds(e, key):
                 continue
-            value = NEGATIVE if self._neg[i] else self._values[i]
+            value = NEGATIVE if e.negative else e.value
             # the predicate may change the cache, even clear it: re-check before dropping
-            if not predicate(key, value) and self._holds(i, key):
-                self._drop(i)
+            if not predicate(key, value) and self._holds(e, key):
+                self._drop(e)
                 removed += 1
         return removed
 
-    def _holds(self, i: int, key: Any) -> bool:
-        return i < len(self._keys) and self._keys[i] is key and self._queue[i] in (HOT, COLD)
+    def _holds(self, e: _Entry, key: Any) -> bool:
+        i = e.index
+        return i < len(self._pool) and self._pool[i] is e and e.key is key and e.queue in (HOT, COLD)
 
     def stats(self) -> dict[str, int]:
         """Counters and occupancy, for metrics."""
