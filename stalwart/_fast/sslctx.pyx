@@ -119,7 +119,7 @@ def tls13_suites(context):
     return [c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.3"]
 
 
-def set_ciphersuites(context, str suites):
+def set_ciphersuites(context, str suites not None):
     """Offer exactly ``suites`` (OpenSSL names joined by ``:``, preference order) for TLS 1.3.
 
     ``""`` offers no TLS 1.3 suite (only sensible with TLS 1.3 disabled). OpenSSL silently drops
