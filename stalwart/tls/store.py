@@ -136,7 +136,7 @@ class CertificateStore:
         for name, (listener, policy) in policies.items():
             ctx = server_context(policy, kernel=self._kernel)
             load_certificate(ctx, initial)
-            ctx.sni_callback = self._sni_callback(resolver, per_policy[policy], initial.id)
+            ctx.sni_callback = self._sni_callback(name, resolver, per_policy[policy], initial.id)
             listeners[name] = ListenerTls(name, ctx, policy, listener.tls_implicit,
                                           listener.effective_tls_timeout / 1000.0)
 
@@ -173,7 +173,7 @@ class CertificateStore:
             kept.append(cert)
         return tuple(kept), tuple(refused), per_policy
 
-    def _sni_callback(self, resolver: CertificateResolver, contexts: dict[str, ssl.SSLContext],
+    def _sni_callback(self, listener: str, resolver: CertificateResolver, contexts: dict[str, ssl.SSLContext],
                       initial_id: str) -> Callable:
         selections = self._selections
 
@@ -187,8 +187,8 @@ class CertificateStore:
                     ssl_object.context = contexts[chosen.certificate.id]
                 selections[ssl_object] = chosen
             except Exception as exc:  # noqa: BLE001 - see above
-                events.emit("tls.handshake-error", level="error", Hostname=str(server_name),
-                            Reason=f"certificate selection failed: {exc!r}")
+                events.emit("tls.handshake-error", level="error", ListenerId=listener,
+                            Reason=f"certificate selection for SNI {server_name!r} failed: {exc!r}")
                 return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
             return None
 
