@@ -40,7 +40,11 @@ def normalize_server_name(name: str | None) -> str | None:
     if not name:
         return None
     n = name[:-1] if name.endswith(".") else name
-    if not n or normalize_ip(n) is not None:
+    if not n:
+        return None
+    # Only an IPv6 literal has a colon and only an IPv4 one ends in a digit (TLDs are letters):
+    # parsing every SNI as an address would cost a raised exception per handshake.
+    if (":" in n or n[-1].isdigit()) and normalize_ip(n) is not None:
         return None
     return n.lower()
 
