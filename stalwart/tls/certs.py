@@ -250,7 +250,7 @@ def parse_certificate(chain_text: str | bytes, key_text: str | bytes, *, cert_id
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     try:
         leaf_public = leaf.public_key().public_bytes(*spki)
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise CertificateError(cert_path, f"the leaf's public key is not supported: {exc}") from None
     if key.public_key().public_bytes(*spki) != leaf_public:
         raise CertificateError(key_path, "the private key does not match the leaf certificate's public key")
