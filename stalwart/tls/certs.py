@@ -333,6 +333,8 @@ def load_certificates(objects: Sequence, now: float) -> LoadResult:
                 parsed = parse_certificate(chain_text or "", key_text or "", cert_id=cert_id, path=path)
             except CertificateError as exc:
                 error = exc
+            except Exception as exc:  # noqa: BLE001 - a malformed certificate must not stop the others
+                error = CertificateError(path, f"cannot be parsed: {exc!r}")
         if error is not None:
             failed.append(error)
             events.emit("config.build-error", level="error", Path=error.path,
