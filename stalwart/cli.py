@@ -9,9 +9,11 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from . import __version__, events
 from .config import default_bytes, load, parse_bytes, to_json
+from .config.types import parse_utc
 from .errors import ConfigError, ControlError
 
 DEFAULT_DATA_DIR = "./data"
@@ -76,13 +78,50 @@ def cli_main(argv: list[str] | None = None) -> int:
                         ("status", "show workers and connection counts"),
                         ("stop", "graceful shutdown (same as SIGTERM)")):
         _common(sub.add_parser(name, help=help_), suppress=True)
+    for kind in ("blocked", "allowed"):
+        p = sub.add_parser(kind, help=f"list or change the {kind} IP list (live, persistent)")
+        _common(p, suppress=True)
+        actions = p.add_subparsers(dest="action", required=True)
+        _common(actions.add_parser("list", help=f"show the {kind} entries"), suppress=True)
+        add = actions.add_parser("add", help="add an address or network (CIDR)")
+        _common(add, suppress=True)
+        add.add_argument("address")
+        add.add_argument("--reason", help="manual (default), other, authFailure, … for blocks; free text for allows")
+        when = add.add_mutually_exclusive_group()
+        when.add_argument("--expires", metavar="RFC3339", help='e.g. "2026-12-01T00:00:00Z"')
+        when.add_argument("--ttl", type=int, metavar="SECONDS", help="expire this many seconds from now")
+        rm = actions.add_parser("remove", help="remove an address or network")
+        _common(rm, suppress=True)
+        rm.add_argument("address")
     args = parser.parse_args(argv)
+    payload: dict = {}
+    command = args.command
+    if command in ("blocked", "allowed"):
+        command = f"{args.command}.{args.action}"
+        if args.action in ("add", "remove"):
+            payload["address"] = args.address
+        if args.action == "add":
+            if args.reason:
+                payload["reason"] = args.reason
+            if args.ttl is not None:
+                payload["expiresAt"] = int(time.time()) + args.ttl
+            elif args.expires:
+                try:
+                    payload["expiresAt"] = parse_utc(args.expires)
+                except ValueError as exc:
+                    print(f"stalwart-cli: {exc}", file=sys.stderr)
+                    return 2
     try:
-        reply = request(_data_dir(args), args.command)
+        reply = request(_data_dir(args), command, **payload)
     except ControlError as exc:
         print(f"stalwart-cli: {exc}", file=sys.stderr)
         return 1
-    if args.command == "status":
+    if command in ("blocked.list", "allowed.list") and reply.get("ok"):
+        for e in reply["entries"]:
+            extra = f" expires {e['expiresAt']}" if e.get("expiresAt") else ""
+            print(f"{e['address']:40} {e.get('reason') or '-':14} {e['source']}{extra}"
+                  + (" (expired)" if e.get("expired") else ""))
+    elif args.command == "status":
         print(json.dumps(reply, indent=2))
     elif reply.get("ok"):
         print(reply.get("message", "ok"))

@@ -26,6 +26,9 @@ EVENT_LEVELS = {
     "server.worker-exit": "warn",
     "server.startup-error": "error",
     "server.worker-hung": "error",
+    # per handshake: a fresh install with only the self-signed certificate would log every connection
+    "tls.certificate-not-found": "debug",
+    "tls.no-certificates-available": "debug",
     "smtp.connection-start": "debug",
     "smtp.connection-end": "debug",
     "imap.connection-start": "debug",

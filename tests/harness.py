@@ -39,11 +39,12 @@ class Server:
         os.replace(tmp, self.config_path)
 
     def start(self, wait: bool = True, timeout: float = 20.0) -> "Server":
+        before = self.log().count("server.ready")
         cmd = [sys.executable, "-m", "stalwart.cli", "--config", self.config_path, "--data-dir", self.data_dir,
                "--log-file", self.log_path, "--log-level", "info", *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=self.dir)
         if wait:
-            self.wait_log("server.ready", timeout=timeout)
+            self.wait_log("server.ready", timeout=timeout, count=before + 1)
         return self
 
     @property

@@ -111,3 +111,14 @@ def test_twins_agree(ops, llimit, slimit):
             held[(lst, w)] -= 1
         assert tc.server_count() == tp.server_count()
         assert [tc.listener_count(i) for i in range(3)] == [tp.listener_count(i) for i in range(3)]
+
+
+def test_epochs(conntable):
+    t, _ = make(conntable)
+    assert [t.epoch(i) for i in range(4)] == [0, 0, 0, 0]
+    assert t.bump_epoch(0) == 1 and t.bump_epoch(0) == 2 and t.bump_epoch(3) == 1
+    assert t.epoch(0) == 2 and t.epoch(1) == 0
+    with pytest.raises(IndexError):
+        t.epoch(4)
+    with pytest.raises(IndexError):
+        t.bump_epoch(-1)

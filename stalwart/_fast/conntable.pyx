@@ -7,7 +7,7 @@ inherits it, so counts survive reloads and worker restarts. All updates are lock
 in different workers never overshoot a cap (network.md §7).
 
 Layout, in int64 cells:
-  [0] magic  [1] max_listeners  [2] max_workers  [3] server count
+  [0] magic  [1] max_listeners  [2] max_workers  [3] server count  [4..7] change epochs
   [HDR .. HDR+L)                  per-listener counts
   [HDR+L .. HDR+L+W)              per-worker heartbeat counters
   [HDR+L+W .. HDR+L+W+W*L)        held[worker][listener]: slots a worker holds now
@@ -30,6 +30,7 @@ cdef extern from *:
     int64_t sw_add(int64_t *p, int64_t v) nogil
 
 DEF HDR = 8
+DEF EPOCHS = 4
 MAGIC = 0x5354414C57415254  # "STALWART"
 
 OK = 0
@@ -140,6 +141,18 @@ cdef class ConnectionTable:
 
     def server_count(self):
         return sw_load(self._cells + 3)
+
+    def epoch(self, int which):
+        """Change epoch ``which`` (0..3): a counter the master bumps when shared data changed
+        (0: allow/block lists), so workers reload only when needed."""
+        if which < 0 or which >= EPOCHS:
+            raise IndexError("epoch index out of range")
+        return sw_load(self._cells + 4 + which)
+
+    def bump_epoch(self, int which):
+        if which < 0 or which >= EPOCHS:
+            raise IndexError("epoch index out of range")
+        return sw_add(self._cells + 4 + which, 1)
 
     def listener_count(self, int listener):
         self._check(listener, 0)

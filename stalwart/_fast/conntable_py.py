@@ -9,6 +9,7 @@ import multiprocessing
 import struct
 
 HDR = 8
+EPOCHS = 4
 MAGIC = 0x5354414C57415254
 
 OK = 0
@@ -103,6 +104,18 @@ class ConnectionTable:
 
     def server_count(self) -> int:
         return self._cells[3]
+
+    def epoch(self, which: int) -> int:
+        if not 0 <= which < EPOCHS:
+            raise IndexError("epoch index out of range")
+        return self._cells[4 + which]
+
+    def bump_epoch(self, which: int) -> int:
+        if not 0 <= which < EPOCHS:
+            raise IndexError("epoch index out of range")
+        with self._lock:
+            self._cells[4 + which] += 1
+            return self._cells[4 + which]
 
     def listener_count(self, listener: int) -> int:
         self._check(listener, 0)

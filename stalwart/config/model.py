@@ -12,7 +12,7 @@ import msgspec
 from msgspec import Meta
 
 from .secrets import PublicText, SecretText
-from .types import Duration, HostName, IpMask, Rate, Size, SocketAddr
+from .types import Duration, HostName, IpMask, Rate, Size, SocketAddr, UtcDateTime
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
@@ -31,7 +31,7 @@ TlsCipherSuite = Literal[
     "tls-ecdhe-rsa-with-chacha20-poly1305-sha256",
 ]
 ServiceProtocol = Literal["jmap", "imap", "pop3", "smtp", "caldav", "carddav", "webdav", "managesieve"]
-BlockReason = Literal["manual", "authFailure", "rcptToFailure", "loitering", "portScanning"]
+BlockReason = Literal["manual", "other", "authFailure", "rcptToFailure", "loitering", "portScanning"]
 
 
 class _Object(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
@@ -132,15 +132,15 @@ class Security(_Object):
 class BlockedIp(_Member, kw_only=True):
     address: IpMask
     reason: BlockReason = "manual"
-    created_at: str | None = None
-    expires_at: str | None = None
+    created_at: UtcDateTime | None = None
+    expires_at: UtcDateTime | None = None
 
 
 class AllowedIp(_Member, kw_only=True):
     address: IpMask
     reason: Annotated[str, Meta(min_length=1)] | None = None
-    created_at: str | None = None
-    expires_at: str | None = None
+    created_at: UtcDateTime | None = None
+    expires_at: UtcDateTime | None = None
 
 
 class Certificate(_Member, kw_only=True):

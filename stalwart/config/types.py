@@ -136,6 +136,32 @@ class IpMask:
         return hash(self.network)
 
 
+class UtcDateTime(int):
+    """RFC 3339 timestamp in UTC (``"2026-08-21T10:00:00Z"``), stored as Unix seconds."""
+
+
+def parse_utc(value: Any) -> int:
+    """Unix seconds of an RFC 3339 UTC timestamp; fractions round up (security.md §1)."""
+    import datetime
+    import math
+
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not an RFC 3339 timestamp")
+    try:
+        dt = datetime.datetime.fromisoformat(value.strip().replace("z", "Z"))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an RFC 3339 timestamp") from None
+    if dt.tzinfo is None:
+        raise ValueError(f"{value!r} has no time zone (use Z for UTC)")
+    return math.ceil(dt.timestamp())
+
+
+def format_utc(seconds: int) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 class HostName(str):
     """DNS host name, stored lower-case without a trailing dot."""
 
@@ -165,10 +191,14 @@ def dec_hook(type_: type, obj: Any) -> Any:
         return IpMask.parse(obj)
     if type_ is HostName:
         return HostName(parse_hostname(obj))
+    if type_ is UtcDateTime:
+        return UtcDateTime(parse_utc(obj))
     raise NotImplementedError(f"no decoder for {type_!r}")
 
 
 def enc_hook(obj: Any) -> Any:
+    if isinstance(obj, UtcDateTime):
+        return format_utc(int(obj))
     if isinstance(obj, (Duration, Size)):
         return int(obj)
     if isinstance(obj, HostName):

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from typing import TYPE_CHECKING
 
 from .. import events
+from .._fast import load as load_kernel
+from .._fast import proxy_errors
 from ..protocols import NEED_DATA, Send, SessionContext, StartTls
 
 if TYPE_CHECKING:
@@ -21,13 +24,29 @@ if TYPE_CHECKING:
     from ..server.worker import ListenerRuntime, Worker
 
 
-_NONE, _HANDSHAKING, _ACTIVE, _FAILED = range(4)
+_NONE, _HANDSHAKING, _ACTIVE, _FAILED = range(4)  # tls_state
+_SESSION, _PROXY, _GUARD_TLS = range(3)  # stage: where incoming bytes go
+
+proxy = load_kernel("proxy")
+_MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+
+def pack_address(ip: str) -> bytes:
+    """The packed form of a peer address as ``getpeername`` gives it (zone id dropped)."""
+    if ":" in ip:
+        return socket.inet_pton(socket.AF_INET6, ip.split("%", 1)[0])
+    return socket.inet_pton(socket.AF_INET, ip)
+
+
+def _normalise_packed(packed: bytes) -> bytes:
+    return packed[12:] if len(packed) == 16 and packed[:12] == _MAPPED else packed
 
 
 class Connection(asyncio.Protocol):
     __slots__ = (
-        "worker", "lr", "transport", "core", "remote_ip", "remote_port", "local_port",
-        "held", "last_active", "started", "span", "shutting_down", "tls_state", "_closing",
+        "worker", "lr", "transport", "core", "remote_ip", "remote_port", "local_port", "packed",
+        "exempt", "held", "last_active", "started", "span", "shutting_down", "tls_state", "stage",
+        "buf", "guard_pending", "proxy_header", "_closing",
     )
 
     def __init__(self, worker: Worker, lr: ListenerRuntime):
@@ -38,53 +57,78 @@ class Connection(asyncio.Protocol):
         self.held = False
         self.shutting_down = False
         self.tls_state = _NONE
+        self.stage = _SESSION
+        self.guard_pending = False
+        self.exempt = False  # a trusted proxy speaking for itself: never blocked (security.md §2)
+        self.proxy_header = None
+        self.buf = b""
         self._closing = False
         self.span = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Steps 1-5 of the pipeline (network.md §5): normalise, trust, block check, slot."""
         if self.tls_state == _HANDSHAKING:
             self._tls_established(transport)  # the TLS layer hands us its application transport
             return
         self.transport = transport  # type: ignore[assignment]
         worker, lr = self.worker, self.lr
-        peer = transport.get_extra_info("peername") or ("", 0)
+        peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)
         ip = peer[0]
         if ip.startswith("::ffff:") and "." in ip:
-            ip = ip[7:]  # network.md §5 step 2: IPv4-mapped IPv6 is handled as IPv4
+            ip = ip[7:]  # step 2: IPv4-mapped IPv6 is handled as IPv4
         self.remote_ip = ip
         self.remote_port = peer[1]
         local = transport.get_extra_info("sockname")
         self.local_port = local[1] if local else 0
-        rc = worker.table.acquire(lr.index, worker.slot, lr.limit, worker.server_limit)
-        if rc:
-            events.emit("limit.concurrent-connection", ListenerId=lr.name, LocalPort=self.local_port,
-                        RemoteIp=ip, RemotePort=self.remote_port,
-                        Limit=lr.limit if rc == 1 else worker.server_limit,
-                        Details="listener" if rc == 1 else "server")
-            self._closing = True
-            transport.close()  # closed without a reply
-            return
-        self.held = True
-        worker.sessions.add(self)
+        self.packed = packed = pack_address(ip)
         self.last_active = self.started = worker.loop.time()
-        self.span = worker.next_span()
-        self._apply_socket_options(transport)
-        if lr.implicit_tls:
-            self._begin_tls()
-        else:
-            self._start_session()
+        if lr.trust is not None and lr.trust.contains(packed, int(time.time())):
+            # Step 3: a trusted proxy. It holds a slot while its header is read under tlsTimeout.
+            if self._take_slot():
+                self.stage = _PROXY
+                self.buf = bytearray()
+            return
+        if worker.access.is_blocked(packed):
+            self._blocked()
+            return
+        if self._take_slot():
+            self._admitted(b"", guard=True)
 
     def data_received(self, data: bytes) -> None:
-        core = self.core
-        if core is None or self._closing:
+        if self._closing:
             return
-        self.last_active = self.worker.loop.time()
-        core.receive_data(data)
-        self._pump()
+        stage = self.stage
+        if stage == _SESSION:
+            core = self.core
+            if core is None:
+                return
+            self.last_active = self.worker.loop.time()
+            if self.guard_pending:
+                data = self._guard(data)
+                if not data:
+                    return
+            core.receive_data(data)
+            self._pump()
+        elif stage == _PROXY:
+            self._proxy_data(data)
+        else:  # _GUARD_TLS: the first bytes on an implicit-TLS listener, before the handshake
+            self.buf += data
+            verdict = proxy.looks_like_proxy(bytes(self.buf[:12]))
+            if verdict is None:
+                return
+            if verdict:
+                self._untrusted_proxy()
+                return
+            pending = bytes(self.buf)
+            self.buf = bytearray()
+            self.stage = _SESSION
+            self._begin_tls(pending)
 
     def eof_received(self) -> bool:
-        if self.core is not None and not self._closing:
+        if self.stage == _PROXY and not self._closing:
+            self._proxy_failed(proxy_errors.EOF)
+        elif self.core is not None and not self._closing:
             self.core.receive_data(b"")
             self._pump()
         return False
@@ -92,6 +136,112 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._release()
+
+    # -- admission -------------------------------------------------------------------------------
+    def _take_slot(self) -> bool:
+        worker, lr = self.worker, self.lr
+        rc = worker.table.acquire(lr.index, worker.slot, lr.limit, worker.server_limit)
+        if rc:
+            events.emit("limit.concurrent-connection", ListenerId=lr.name, LocalPort=self.local_port,
+                        RemoteIp=self.remote_ip, RemotePort=self.remote_port,
+                        Limit=lr.limit if rc == 1 else worker.server_limit,
+                        Details="listener" if rc == 1 else "server")
+            self._closing = True
+            self.transport.close()  # closed without a reply
+            return False
+        self.held = True
+        worker.sessions.add(self)
+        self.span = worker.next_span()
+        return True
+
+    def _blocked(self) -> None:
+        events.emit("security.ip-blocked", ListenerId=self.lr.name, LocalPort=self.local_port,
+                    RemoteIp=self.remote_ip, RemotePort=self.remote_port)
+        self._closing = True
+        self.transport.close()  # nothing written
+
+    def _admitted(self, pending: bytes, guard: bool) -> None:
+        """Steps 6-9: socket options, first-bytes guard, implicit TLS, session start."""
+        self._apply_socket_options(self.transport)
+        if self.lr.implicit_tls:
+            if guard:
+                self.stage = _GUARD_TLS
+                self.buf = bytearray()
+                if pending:
+                    self.data_received(pending)
+            else:
+                self._begin_tls(pending)
+            return
+        self.guard_pending = guard
+        self._start_session()
+        if pending and not self._closing:
+            self.data_received(pending)
+
+    def _guard(self, data: bytes) -> bytes:
+        """First bytes from an untrusted client (step 7): a PROXY signature closes the connection
+        before any byte reaches the protocol. Returns the bytes to hand on (b"": wait or closed)."""
+        buf = self.buf + data if self.buf else data
+        verdict = proxy.looks_like_proxy(bytes(buf[:12]))
+        if verdict is None:
+            self.buf = bytes(buf)
+            return b""
+        self.guard_pending = False
+        self.buf = b""
+        if verdict:
+            self._untrusted_proxy()
+            return b""
+        return bytes(buf)
+
+    def _untrusted_proxy(self) -> None:
+        events.emit("network.proxy-untrusted", ListenerId=self.lr.name, LocalPort=self.local_port,
+                    RemoteIp=self.remote_ip, RemotePort=self.remote_port)
+        self.close()
+
+    def _proxy_data(self, data: bytes) -> None:
+        """Step 3.2: the PROXY header from a trusted peer (network.md §6)."""
+        self.buf += data
+        buf = bytes(self.buf)
+        if self.lr.proxy_optional:
+            # HTTP behind a reverse proxy with useXForwarded: the first bytes decide whether a
+            # header is there; without one the proxy speaks for itself (network.md §6).
+            verdict = proxy.looks_like_proxy(buf[:12])
+            if verdict is None:
+                return
+            if not verdict:
+                self.exempt = True
+                self.stage = _SESSION
+                self.buf = bytearray()
+                self._admitted(buf, guard=False)
+                return
+        try:
+            header = proxy.parse(buf)
+        except proxy_errors.ProxyError as exc:
+            self._proxy_failed(exc.reason)
+            return
+        if header is None:
+            return
+        self.stage = _SESSION
+        self.buf = bytearray()
+        self.proxy_header = header
+        rest = buf[header.consumed:]
+        if header.proxied:
+            self.packed = _normalise_packed(header.src_addr)
+            self.remote_ip = socket.inet_ntop(socket.AF_INET if len(self.packed) == 4 else socket.AF_INET6,
+                                              self.packed)
+            self.remote_port = header.src_port
+            if self.worker.access.is_blocked(self.packed):
+                self._blocked()
+                return
+        else:
+            self.exempt = True  # LOCAL, UNKNOWN, UNSPEC: the proxy itself (health checks)
+        self._admitted(rest, guard=False)
+
+    def _proxy_failed(self, reason: str) -> None:
+        lr = self.lr
+        local = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        events.emit("network.proxy-error", ListenerId=lr.name, LocalIp=local[0] if local else "",
+                    LocalPort=self.local_port, Tls=lr.implicit_tls, Reason=reason, RemoteIp=self.remote_ip)
+        self.close()
 
     def _release(self) -> None:
         if self.held:
@@ -104,7 +254,7 @@ class Connection(asyncio.Protocol):
                             Elapsed=int((self.worker.loop.time() - self.started) * 1000))
 
     # -- TLS --------------------------------------------------------------------------------------
-    def _begin_tls(self) -> None:
+    def _begin_tls(self, pending: bytes = b"") -> None:
         """Put a TLS layer between the socket and this protocol, synchronously.
 
         ``loop.start_tls()`` would do the same from a task, but uvloop starts reading a new
@@ -129,6 +279,10 @@ class Connection(asyncio.Protocol):
         raw.set_protocol(layer)
         layer.connection_made(raw)
         waiter.add_done_callback(self._tls_finished)
+        if pending:
+            # Bytes already read (after a PROXY header, or by the first-bytes guard) are the start
+            # of the ClientHello: hand them to the TLS layer through its protocol interface.
+            _feed(layer, pending)
 
     def _tls_finished(self, waiter: asyncio.Future) -> None:
         exc = None if waiter.cancelled() else waiter.exception()
@@ -190,6 +344,16 @@ class Connection(asyncio.Protocol):
             if obj is not None:
                 ctx.tls_version = obj.version()
                 ctx.tls_cipher = (obj.cipher() or ("unknown",))[0]
+        header = self.proxy_header
+        if header is not None:
+            ctx.extra["proxy"] = header
+            if header.tls:
+                # The proxy terminated TLS (SSL TLV client bit, network.md §6): the session is TLS.
+                ctx.tls_active = True
+                ctx.tls_version = header.ssl_version or "unknown"
+                ctx.tls_cipher = header.ssl_cipher or "unknown"
+            if header.authority:
+                ctx.extra["sni"] = header.authority
         core = lr.factory(ctx)
         self.core = core
         if self.worker.trace_sessions:
@@ -238,6 +402,14 @@ class Connection(asyncio.Protocol):
         """Idle timeout reached (the worker's sweep decides): protocol line, then close."""
         if self._closing:
             return
+        if self.stage == _PROXY:
+            self._proxy_failed(proxy_errors.TIMEOUT)
+            return
+        if self.stage == _GUARD_TLS:
+            events.emit("tls.handshake-error", ListenerId=self.lr.name, LocalPort=self.local_port,
+                        RemoteIp=self.remote_ip, RemotePort=self.remote_port, Reason="timeout")
+            self.abort()
+            return
         events.emit("network.timeout", SpanId=self.span)
         if self.core is None or self.tls_state == _HANDSHAKING:
             self.abort()  # a TLS handshake or a PROXY read that never finished
@@ -252,6 +424,9 @@ class Connection(asyncio.Protocol):
         """Server shutdown or drain: the farewell line at the next point the protocol allows."""
         self.shutting_down = True
         core = self.core
+        if self.stage != _SESSION:
+            self.close()  # nothing was said to this client yet: close without a line
+            return
         if self._closing or core is None or self.tls_state == _HANDSHAKING:
             return  # the line goes out once the session (or its TLS layer) is up
         core.draining = True
@@ -266,7 +441,7 @@ class Connection(asyncio.Protocol):
         """The drain deadline passed: write the line even mid-command, then close."""
         if self._closing:
             return
-        if self.tls_state == _HANDSHAKING:
+        if self.tls_state == _HANDSHAKING or self.stage != _SESSION:
             self.abort()
             self._release()
             return
@@ -277,7 +452,24 @@ class Connection(asyncio.Protocol):
         self.close()
 
     def idle_deadline(self) -> float:
+        if self.stage != _SESSION:
+            # PROXY header and the bytes before an implicit-TLS handshake: tlsTimeout from accept.
+            return self.started + self.lr.tls_timeout
         if self.tls_state == _HANDSHAKING:
             # The TLS layer enforces tlsTimeout itself; this is the backstop if it did not.
             return self.last_active + self.lr.tls_timeout + 5.0
         return self.last_active + self.core.idle_timeout_ms / 1000.0
+
+
+def _feed(layer: asyncio.BaseProtocol, data: bytes) -> None:
+    """Deliver ``data`` to a protocol as if the transport had read it."""
+    if isinstance(layer, asyncio.BufferedProtocol) or hasattr(layer, "get_buffer"):
+        view = memoryview(data)
+        while view:
+            buf = layer.get_buffer(len(view))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            layer.buffer_updated(n)
+            view = view[n:]
+    else:
+        layer.data_received(data)

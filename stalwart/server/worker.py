@@ -20,9 +20,15 @@ import signal
 import ssl
 
 from .. import events
+from .._fast import load as load_kernel
 from ..net.driver import Connection
 from ..protocols import session_factory
+from ..security.access import AccessLists, load_runtime
 from .plan import GenerationPlan, ListenerPlan
+
+ipset = load_kernel("ipset")
+ACCESS_EPOCH = 0  # epoch slot of the allow/block lists in the shared table
+SWEEP_INTERVAL = 0.25  # s: list changes reach every worker well within the 1 s the spec allows
 
 EXIT_BOOT_ERROR = 3
 
@@ -31,7 +37,7 @@ class ListenerRuntime:
     """A listener as one worker sees it: limits, TLS mode and its session constructor."""
 
     __slots__ = ("name", "index", "cfg", "protocol", "limit", "implicit_tls", "starttls", "tls_timeout",
-                 "factory", "sockets")
+                 "factory", "sockets", "trust", "proxy_optional")
 
     def __init__(self, plan: ListenerPlan, gen: GenerationPlan):
         cfg = plan.cfg
@@ -45,6 +51,14 @@ class ListenerRuntime:
         self.tls_timeout = cfg.effective_tls_timeout / 1000.0
         self.factory = session_factory(cfg.protocol, gen.config)
         self.sockets = plan.sockets
+        # The effective trust list: the listener's override replaces the system list (no merge).
+        networks = cfg.override_proxy_trusted_networks or gen.config.SystemSettings.proxy_trusted_networks
+        self.trust = None
+        if networks:
+            self.trust = ipset.IpSet()
+            for net in networks:
+                self.trust.add_text(str(net))
+        self.proxy_optional = cfg.protocol == "http" and gen.config.Http.use_x_forwarded
 
 
 class Worker:
@@ -60,6 +74,8 @@ class Worker:
         self.server_limit = plan.config.SystemSettings.max_connections
         self.listeners = [ListenerRuntime(lp, plan) for lp in plan.listeners]
         self.sessions: set[Connection] = set()
+        self.access_path = plan.extra.get("access_db")
+        self.access = self._load_access()
         self.log = events.log()
         self.trace_sessions = self.log.enabled("smtp.connection-start")
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -162,12 +178,30 @@ class Worker:
         if not self.sessions and self._sessions_empty is not None:
             self._sessions_empty.set()
 
+    def _load_access(self) -> AccessLists:
+        epoch = self.table.epoch(ACCESS_EPOCH)
+        runtime = load_runtime(self.access_path) if self.access_path else []
+        return AccessLists.build(self.plan.config, runtime, epoch)
+
+    def _refresh_access(self) -> None:
+        """The master changed the lists: rebuild, then close sessions that are now blocked."""
+        try:
+            self.access = self._load_access()
+        except Exception as exc:  # noqa: BLE001 - keep the last good lists, say why
+            events.emit("security.access-reload-error", level="error", Reason=str(exc))
+            return
+        access = self.access
+        for conn in list(self.sessions):
+            if not conn.exempt and access.is_blocked(conn.packed):
+                events.emit("network.closed", SpanId=conn.span, Reason="address blocked")
+                conn.abort()
+
     def tls_context(self, lr: ListenerRuntime) -> ssl.SSLContext | None:
         store = self.plan.tls
         return store.context_for(lr.name) if store is not None else None
 
     async def _sweep(self) -> None:
-        """Once a second: heartbeat for the master, idle timeouts for the sessions."""
+        """Every 250 ms: heartbeat, allow/block list changes, idle timeouts."""
         loop = self.loop
         master = os.getppid()
         while True:
@@ -175,10 +209,12 @@ class Worker:
                 # The master is gone (killed -9?): nobody supervises us; drain and exit.
                 self._on_shutdown()
             self.table.beat(self.slot)
+            if self.table.epoch(ACCESS_EPOCH) != self.access.epoch:
+                self._refresh_access()
             now = loop.time()
             for conn in [c for c in self.sessions if c.idle_deadline() <= now]:
                 conn.timed_out()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(SWEEP_INTERVAL)
 
     async def _drain(self) -> None:
         if self._mode == "retire" and self.sessions:
