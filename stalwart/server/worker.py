@@ -29,6 +29,7 @@ from .plan import GenerationPlan, ListenerPlan
 ipset = load_kernel("ipset")
 ACCESS_EPOCH = 0  # epoch slot of the allow/block lists in the shared table
 SWEEP_INTERVAL = 0.25  # s: list changes reach every worker well within the 1 s the spec allows
+CERT_CHECK_INTERVAL = 60.0  # s
 
 EXIT_BOOT_ERROR = 3
 
@@ -204,6 +205,9 @@ class Worker:
         """Every 250 ms: heartbeat, allow/block list changes, idle timeouts."""
         loop = self.loop
         master = os.getppid()
+        # tls.md §5: certificate files and variables are re-read at least once a minute. Workers
+        # are staggered so they do not all pause for the rebuild at the same moment.
+        next_cert_check = loop.time() + CERT_CHECK_INTERVAL * (1 + (self.position % 4) / 4)
         while True:
             if os.getppid() != master and self._mode is None:
                 # The master is gone (killed -9?): nobody supervises us; drain and exit.
@@ -214,7 +218,18 @@ class Worker:
             now = loop.time()
             for conn in [c for c in self.sessions if c.idle_deadline() <= now]:
                 conn.timed_out()
+            if now >= next_cert_check and self.plan.tls is not None:
+                next_cert_check = now + CERT_CHECK_INTERVAL
+                self._check_certificates()
             await asyncio.sleep(SWEEP_INTERVAL)
+
+    def _check_certificates(self) -> None:
+        try:
+            if self.plan.tls.reload_if_changed():
+                events.emit("tls.certificates-reloaded", level="debug" if self.position > 1 else "info",
+                            Details=f"generation {self.plan.tls.generation.number}")
+        except Exception as exc:  # noqa: BLE001 - keep serving the certificates we have
+            events.emit("tls.certificates-reload-error", level="error", Reason=str(exc))
 
     async def _drain(self) -> None:
         if self._mode == "retire" and self.sessions:
