@@ -1,5 +1,4 @@
 import json
-import os
 
 import pytest
 from hypothesis import given
@@ -67,7 +66,7 @@ def test_security_defaults():
     ({"NetworkListener": [{"name": "a", "bind": ["1.2.3.4:1"], "tlsDisableProtocols": ["tls12"],
                            "tlsDisableCipherSuites": ["tls13-aes-256-gcm-sha384", "tls13-aes-128-gcm-sha256",
                                                       "tls13-chacha20-poly1305-sha256"]}]},
-     "every TLS 1.3 suite is disabled"),
+     "every TLSv1.3 suite is disabled"),
     ({"NetworkListener": [{"name": "a", "bind": ["1.2.3.4:1"], "tlsDisableCipherSuites": ["rc4-md5"]}]},
      "$.NetworkListener[0].tlsDisableCipherSuites[0]"),
     ({"NetworkListener": [{"name": "a", "bind": ["1.2.3.4:1"], "useTls": False, "tlsImplicit": True}]},

@@ -12,13 +12,9 @@ from typing import Any
 import msgspec
 
 from ..errors import ConfigError
-from . import model
 from .model import OBJECTS, Config
 from .secrets import resolve
 from .types import dec_hook, enc_hook
-
-_TLS13_SUITES = {"tls13-aes-256-gcm-sha384", "tls13-aes-128-gcm-sha256", "tls13-chacha20-poly1305-sha256"}
-_TLS12_SUITES = set(model.TlsCipherSuite.__args__) - _TLS13_SUITES  # type: ignore[attr-defined]
 
 
 def _line_col(text: bytes, pos: int) -> tuple[int, int]:
@@ -142,13 +138,10 @@ def validate(cfg: Config) -> None:
         lst.tls_disable_cipher_suites = _dedupe(lst.tls_disable_cipher_suites)
         if lst.tls_implicit and not lst.use_tls:
             raise ConfigError(f"{p}.tlsImplicit", "implicit TLS needs useTls: true")
-        if set(lst.tls_disable_protocols) >= {"tls12", "tls13"}:
-            raise ConfigError(f"{p}.tlsDisableProtocols", "disabling both tls12 and tls13 leaves no TLS version")
-        disabled = set(lst.tls_disable_cipher_suites)
-        if "tls13" not in lst.tls_disable_protocols and _TLS13_SUITES <= disabled:
-            raise ConfigError(f"{p}.tlsDisableCipherSuites", "TLS 1.3 is enabled but every TLS 1.3 suite is disabled")
-        if "tls12" not in lst.tls_disable_protocols and _TLS12_SUITES <= disabled:
-            raise ConfigError(f"{p}.tlsDisableCipherSuites", "TLS 1.2 is enabled but every TLS 1.2 suite is disabled")
+        # One definition of the TLS rules (tls.md §1): the policy builder the TLS store uses.
+        from ..tls.context import TlsPolicy
+
+        TlsPolicy.from_listener(lst, p)
 
     # Dual stack: "[::]:p" and "0.0.0.0:p" may coexist (the v6 socket then gets IPV6_V6ONLY=1).
     cfg.Security.scan_ban_paths = _dedupe(cfg.Security.scan_ban_paths)
