@@ -1,6 +1,7 @@
 """PROXY protocol kernel (network.md §6): conformance cases, builder round trips, incremental input,
 fuzz invariants, a cross-check of the compiled parser against its twin, and headers from a real
 sender (haproxy, skipped when it is not installed)."""
+import ipaddress
 import shutil
 import socket
 import ssl
@@ -374,6 +375,36 @@ def test_random_bytes_only_raise_proxy_error_and_twins_agree(seed, tail):
     if got[0] == "ok":
         assert 0 < got[1]["consumed"] <= len(data)
     assert C.looks_like_proxy(data) is PY.looks_like_proxy(data)
+
+
+def _v6_forms(packed):
+    """Several spellings of one IPv6 address: compressed, exploded, upper case, dotted tail."""
+    a = ipaddress.IPv6Address(packed)
+    tail = f"{':'.join(a.exploded.split(':')[:6])}:{ipaddress.IPv4Address(packed[12:])}"
+    return [a.compressed, a.exploded, a.exploded.upper(), tail, a.compressed.replace("::", ":0:", 1)]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(st.text(alphabet="0123456789abcdefABCDEF:.", max_size=46),
+                 st.binary(min_size=16, max_size=16).flatmap(lambda b: st.sampled_from(_v6_forms(b))),
+                 st.sampled_from(["::", "::1", "1::", ":::", "1:::2", "::ffff:1.2.3.4", "::1.2.3.4", "1::2.3.4.5.6",
+                                  "::01.2.3.4", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8:9",
+                                  "1:2:3:4:5:6:1.2.3.4", "1:2:3:4:5:6:7:1.2.3.4", "12345::", "1.2.3.4", ":1::",
+                                  "1:2:3:4:5:6:7:8::", "::1.2.3", "::1.2.3.4.", "::1..2.3", "a::b.1.2.3"])))
+@example("1:2:3:4:5:6:7:8")
+def test_tcp6_address_grammar_matches_inet_pton(text):
+    """The compiled parser spells out inet_pton's IPv6 grammar; the twin calls inet_pton."""
+    data = f"PROXY TCP6 {text} ::1 1 2\r\n".encode()
+    got = outcome(C, data)
+    assert got == outcome(PY, data)
+    try:
+        want = socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError):
+        want = None
+    if got[0] == "ok":
+        assert got[1]["src_addr"] == want
+    elif len(data) <= 107 and text:
+        assert want is None or len(text) > 45
 
 
 @settings(max_examples=400, deadline=None)
