@@ -10,20 +10,21 @@ entry object, whose fields hold the value and all the metadata ``get`` needs, so
 dict, one entry and the value. Entries are pooled and reused through a free list, so steady-state
 ``put`` allocates nothing. Ring links are two C arrays of pool positions beside the pool, so
 moving an entry between rings costs no reference counting. Ghosts are bare hashes in a
-set-associative C table (``_Ghosts``): keeping them as dict entries, as a first version did, made
-every miss delete a key evicted long ago, and a linked FIFO of hashes still cost two scattered
-probes per miss; one 64-byte bucket per lookup is what is left. The clock
+set-associative C table (``_Ghosts``, 8 bytes a ghost): keeping them as dict entries, as a first
+version did, made every miss delete a key evicted long ago, and a linked FIFO of hashes still cost
+two scattered probes per miss; one 64-byte bucket per lookup, mostly in the CPU cache, is what is
+left. The clock
 is read only for entries that carry an expiry; without an injected clock it is
 ``clock_gettime(CLOCK_MONOTONIC)``, the source of ``time.monotonic`` on Linux, read without a
 Python call.
 """
 cimport cython
-from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetItem
+from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetDefault
 from cpython.object cimport PyObject_Hash
 from cpython.ref cimport PyObject
 from libc.math cimport INFINITY, NAN, isnan
-from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libc.stdlib cimport free, qsort, realloc
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, realloc
 from libc.string cimport memset
 from posix.stdlib cimport posix_memalign
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
@@ -43,7 +44,7 @@ cdef enum:
     COLD = 2
     NIL = -1
     MAX_REF = 2
-    WAYS = 4
+    WAYS = 8
 
 cdef extern from *:
     """
@@ -69,20 +70,20 @@ cdef double _expiry_arg(object value, str name) except? -1.0:
 
 
 cdef struct GhostPair:
-    Py_hash_t tag
-    int64_t stamp  # 0: empty
+    uint32_t tag
+    uint32_t stamp  # 0: empty
 
 
 @cython.final
 cdef class _Ghosts:
     """Hashes of keys evicted from cold, stamped with the eviction that recorded them; see
-    ``cache_py._Ghosts``. A bucket of four pairs is 64 bytes, allocated on a 64-byte boundary,
+    ``cache_py._Ghosts``. A bucket of eight pairs is 64 bytes, allocated on a 64-byte boundary,
     so recording or looking up a hash touches one cache line."""
 
     cdef GhostPair *pairs
     cdef Py_ssize_t nslots
-    cdef int shift
-    cdef int64_t seq
+    cdef int tag_shift
+    cdef uint32_t seq
 
     def __cinit__(self):
         self.pairs = NULL
@@ -95,97 +96,96 @@ cdef class _Ghosts:
         free(self.pairs)
         self.pairs = NULL
         self.nslots = 0
-        self.shift = 64
+        self.tag_shift = 32
         self.seq = 0
 
-    cdef inline GhostPair *_bucket(self, Py_hash_t h) noexcept:
-        return self.pairs + WAYS * <Py_ssize_t> ((<uint64_t> h * FIB) >> self.shift)
+    cdef inline GhostPair *_bucket(self, uint32_t tag) noexcept:
+        return self.pairs + WAYS * <Py_ssize_t> (tag >> self.tag_shift)
 
     cdef inline void prefetch(self, Py_hash_t h) noexcept:
         """Start loading the bucket of ``h``: a miss is usually followed by a put of the same key,
-        and the ghost lookup there is the one access of ``put`` that is likely to miss the CPU
-        cache."""
+        whose ghost lookup is then the one access of ``put`` likely to miss the CPU cache."""
         if self.nslots:
-            sw_prefetch(self._bucket(h))
+            sw_prefetch(self._bucket(_tag_of(h)))
 
-    cdef GhostPair *_find(self, Py_hash_t h) noexcept:
+    cdef GhostPair *_find(self, uint32_t tag) noexcept:
         if self.nslots == 0:
             return NULL
-        cdef GhostPair *b = self._bucket(h)
+        cdef GhostPair *b = self._bucket(tag)
         cdef int i
         for i in range(WAYS):
-            if b[i].stamp and b[i].tag == h:
+            if b[i].stamp and b[i].tag == tag:
                 return &b[i]
         return NULL
 
-    cdef void _place(self, Py_hash_t h, int64_t stamp) noexcept:
-        cdef GhostPair *b = self._bucket(h)
+    cdef void _place(self, uint32_t tag, uint32_t stamp) noexcept:
+        cdef GhostPair *b = self._bucket(tag)
         cdef GhostPair *victim = b
+        cdef uint64_t age, oldest = 0
+        cdef bint first = True
         cdef int i
         for i in range(WAYS):
-            if b[i].stamp and b[i].tag == h:
+            if b[i].stamp and b[i].tag == tag:
                 victim = &b[i]
                 break
-            if b[i].stamp < victim.stamp:
+            age = <uint32_t> (self.seq - b[i].stamp) if b[i].stamp else (<uint64_t> 1 << 32)
+            if first or age > oldest:
                 victim = &b[i]
-        victim.tag = h
+                oldest = age
+                first = False
+        victim.tag = tag
         victim.stamp = stamp
 
-    cdef int _resize(self, Py_ssize_t slots) except -1:
+    cdef int _grow(self, Py_ssize_t window) except -1:
+        cdef Py_ssize_t slots = max(64, self.nslots)
         cdef GhostPair *old = self.pairs
         cdef Py_ssize_t n = self.nslots
-        cdef Py_ssize_t i, m = 0
+        cdef Py_ssize_t i
         cdef void *mem = NULL
+        while slots < window:
+            slots *= 2
         if posix_memalign(&mem, 64, slots * sizeof(GhostPair)) != 0:
             raise MemoryError()
         memset(mem, 0, slots * sizeof(GhostPair))
-        # re-place live pairs oldest first, as the twin does, so both tables stay identical
-        for i in range(n):
-            if old[i].stamp:
-                old[m] = old[i]
-                m += 1
-        qsort(old, m, sizeof(GhostPair), _by_stamp)
         self.pairs = <GhostPair *> mem
         self.nslots = slots
-        self.shift = 64
+        self.tag_shift = 32
         i = slots // WAYS
         while i > 1:
             i >>= 1
-            self.shift -= 1
-        for i in range(m):
-            self._place(old[i].tag, old[i].stamp)
+            self.tag_shift -= 1
+        # each new bucket takes pairs from a single old bucket, so nothing is pushed out
+        for i in range(n):
+            if old[i].stamp:
+                self._place(old[i].tag, old[i].stamp)
         free(old)
         return 0
 
     cdef int record(self, Py_hash_t h, Py_ssize_t window) except -1:
-        cdef Py_ssize_t slots
-        if self.nslots == 0 or 2 * window > self.nslots:
-            slots = max(64, self.nslots)
-            while slots < 2 * window:
-                slots *= 2
-            self._resize(slots)
+        if self.nslots == 0 or window > self.nslots:
+            self._grow(window)
         self.seq += 1
-        self._place(h, self.seq)
+        if self.seq == 0:
+            self.seq = 1
+        self._place(_tag_of(h), self.seq)
         return 0
 
     cdef bint take(self, Py_hash_t h, Py_ssize_t window) noexcept:
-        cdef GhostPair *p = self._find(h)
+        cdef GhostPair *p = self._find(_tag_of(h))
         if p == NULL:
             return False
-        cdef bint alive = self.seq - p.stamp < window
+        cdef bint alive = <uint32_t> (self.seq - p.stamp) < <uint64_t> window
         p.stamp = 0
         return alive
 
     cdef void discard(self, Py_hash_t h) noexcept:
-        cdef GhostPair *p = self._find(h)
+        cdef GhostPair *p = self._find(_tag_of(h))
         if p != NULL:
             p.stamp = 0
 
 
-cdef int _by_stamp(const void *a, const void *b) noexcept nogil:
-    cdef int64_t x = (<const GhostPair *> a).stamp
-    cdef int64_t y = (<const GhostPair *> b).stamp
-    return (x > y) - (x < y)
+cdef inline uint32_t _tag_of(Py_hash_t h) noexcept:
+    return <uint32_t> ((<uint64_t> h * FIB) >> 32)
 
 
 @cython.final
@@ -196,9 +196,9 @@ cdef class _Entry:
     cdef object value
     cdef double expires
     cdef int64_t weight
+    cdef Py_hash_t hash  # of key, kept so an eviction need not hash the key again
     cdef Py_ssize_t index
     cdef uint8_t queue
-    cdef uint8_t ref
     cdef bint negative
 
     def __cinit__(self, Py_ssize_t index):
@@ -214,10 +214,10 @@ cdef class Cache:
     cdef list _pool
     cdef Py_ssize_t *_next
     cdef Py_ssize_t *_prev
+    cdef uint8_t *_ref  # referenced counters, beside the links: the CLOCK hand reads no object
     cdef Py_ssize_t _nslots
     cdef Py_ssize_t _free
     cdef Py_ssize_t _head[3]
-    cdef Py_ssize_t _tail[3]
     cdef Py_ssize_t _count[3]
     cdef int64_t _weight[3]
     cdef _Ghosts _ghosts
@@ -226,6 +226,11 @@ cdef class Cache:
     cdef Py_ssize_t _cursor
     cdef object _weigher
     cdef object _clock
+    # The key object of the last miss of ``get``, and its hash, while nothing was stored since:
+    # the usual get-miss-then-put skips a second dict lookup. A strong reference, so that the
+    # identity test cannot be fooled by a new object at a freed address.
+    cdef object _missed
+    cdef Py_hash_t _missed_hash
     cdef readonly int64_t hits
     cdef readonly int64_t negative_hits
     cdef readonly int64_t misses
@@ -237,6 +242,7 @@ cdef class Cache:
     def __cinit__(self):
         self._next = NULL
         self._prev = NULL
+        self._ref = NULL
         self._nslots = 0
 
     def __init__(self, capacity, weigher=None, clock=None):
@@ -248,6 +254,7 @@ cdef class Cache:
     def __dealloc__(self):
         free(self._next)
         free(self._prev)
+        free(self._ref)
 
     # ------------------------------------------------------------ storage
 
@@ -265,13 +272,14 @@ cdef class Cache:
         cdef int q
         free(self._next)
         free(self._prev)
+        free(self._ref)
         self._next = NULL
         self._prev = NULL
+        self._ref = NULL
         self._nslots = 0
         self._free = NIL
         for q in range(3):
             self._head[q] = NIL
-            self._tail[q] = NIL
             self._count[q] = 0
             self._weight[q] = 0
         self._cursor = 0
@@ -302,11 +310,16 @@ cdef class Cache:
         if pv == NULL:
             raise MemoryError()
         self._prev = pv
+        cdef uint8_t *rf = <uint8_t *> realloc(self._ref, new * sizeof(uint8_t))
+        if rf == NULL:
+            raise MemoryError()
+        self._ref = rf
         self._pool.extend([_Entry(i) for i in range(n, new)])
         self._nslots = new
         # pushed in reverse so the lowest new position is taken first, as in the twin
         for i in range(new - 1, n - 1, -1):
             pv[i] = NIL
+            rf[i] = 0
             nx[i] = self._free
             self._free = i
         return 0
@@ -330,32 +343,38 @@ cdef class Cache:
         return 0
 
     cdef inline void _link(self, _Entry e, uint8_t q) noexcept:
+        """Append ``e`` at the tail of ring ``q``: rings are circular, the tail is before the
+        head, so passing the head to the tail (the CLOCK hand's move) is one store."""
         cdef Py_ssize_t i = e.index
-        cdef Py_ssize_t t = self._tail[q]
+        cdef Py_ssize_t h = self._head[q]
+        cdef Py_ssize_t t
         e.queue = q
-        self._prev[i] = t
-        self._next[i] = NIL
-        if t == NIL:
+        if h == NIL:
+            self._next[i] = i
+            self._prev[i] = i
             self._head[q] = i
         else:
+            t = self._prev[h]
             self._next[t] = i
-        self._tail[q] = i
+            self._prev[i] = t
+            self._next[i] = h
+            self._prev[h] = i
         self._count[q] += 1
         self._weight[q] += e.weight
 
     cdef inline void _unlink(self, _Entry e) noexcept:
         cdef Py_ssize_t i = e.index
         cdef uint8_t q = e.queue
-        cdef Py_ssize_t p = self._prev[i]
         cdef Py_ssize_t n = self._next[i]
-        if p == NIL:
-            self._head[q] = n
+        cdef Py_ssize_t p
+        if n == i:
+            self._head[q] = NIL
         else:
+            p = self._prev[i]
             self._next[p] = n
-        if n == NIL:
-            self._tail[q] = p
-        else:
             self._prev[n] = p
+            if self._head[q] == i:
+                self._head[q] = n
         self._count[q] -= 1
         self._weight[q] -= e.weight
 
@@ -372,18 +391,15 @@ cdef class Cache:
 
     cdef bint _advance_hot(self) except -1:
         cdef Py_ssize_t i
-        cdef _Entry e
         while True:
             i = self._head[HOT]
             if i == NIL:
                 return False
-            e = self._at(i)
-            if e.ref > 0:
-                e.ref -= 1
-                self._unlink(e)
-                self._link(e, HOT)
+            if self._ref[i] > 0:
+                self._ref[i] -= 1
+                self._head[HOT] = self._next[i]  # the head passes to the tail
             else:
-                self._drop(e)
+                self._drop(self._at(i))
                 self.evictions += 1
                 return True
 
@@ -393,18 +409,17 @@ cdef class Cache:
             return self._advance_hot()
         cdef _Entry e = self._at(i)
         self._unlink(e)
-        if e.ref > 0:
-            e.ref -= 1
+        if self._ref[i] > 0:
+            self._ref[i] -= 1
             self._link(e, HOT)
             while self._weight[HOT] > self._hot_target:
                 if not self._advance_hot():
                     break
             return True
-        cdef Py_hash_t h = PyObject_Hash(e.key)
         PyDict_DelItem(self._index, e.key)
         self._release(e)
         self.evictions += 1
-        self._ghosts.record(h, self._count[HOT] + self._count[COLD])
+        self._ghosts.record(e.hash, self._count[HOT] + self._count[COLD])
         return True
 
     cdef int _shrink_to_capacity(self) except -1:
@@ -455,15 +470,17 @@ cdef class Cache:
         cdef _Entry e = self._lookup(key)
         if e is None:
             self.misses += 1
-            self._ghosts.prefetch(PyObject_Hash(key))
+            self._missed_hash = PyObject_Hash(key)
+            self._missed = key
+            self._ghosts.prefetch(self._missed_hash)
             return default
         if e.expires != INFINITY and self._now() >= e.expires:
             self._drop(e)
             self.expired += 1
             self.misses += 1
             return default
-        if e.ref < MAX_REF:
-            e.ref += 1
+        if self._ref[e.index] < MAX_REF:
+            self._ref[e.index] += 1
         if e.negative:
             self.negative_hits += 1
             return _NEGATIVE
@@ -472,6 +489,8 @@ cdef class Cache:
 
     def put(self, key, value, weight=None, ttl=None, expires_at=None):
         """Cache ``value`` under ``key``; returns whether it is resident afterwards."""
+        if weight is None and ttl is None and expires_at is None and self._weigher is None:
+            return self._store(key, value, 1, INFINITY, False)  # the common call, kept short
         cdef int64_t w = self._weigh(key, value, weight)
         cdef double exp = self._expiry(ttl, expires_at)
         return self._store(key, value, w, exp, False)
@@ -494,22 +513,21 @@ cdef class Cache:
         if isnan(exp):
             self._discard(key)
             return False
-        e = self._lookup(key)
-        if e is not None:
-            self._weight[e.queue] += w - e.weight
-            e.weight = w
-            if e.ref < MAX_REF:
-                e.ref += 1
-            e.expires = exp
-            e.negative = negative
-            old = e.value  # released on return: its finalizer must not see a half update
-            e.value = value
-            self.inserts += 1
-            self._shrink_to_capacity()
+        cdef Py_hash_t h
+        cdef _Entry fresh
+        if key is self._missed:
+            # ``get`` just missed this very object and nothing was stored since: it is absent
+            e = None
+            h = self._missed_hash
         else:
-            if self._ghosts.nslots and self._ghosts.take(PyObject_Hash(key), self._count[HOT] + self._count[COLD]):
-                # a recently evicted key came back: it has proved reuse, so it goes hot
-                ring = HOT
+            e = self._lookup(key)
+            h = -1
+        self._missed = None
+        if e is None:
+            if h == -1:
+                h = PyObject_Hash(key)
+            if self._ghosts.nslots and self._ghosts.take(h, self._count[HOT] + self._count[COLD]):
+                ring = HOT  # a recently evicted key came back: it proved reuse
             elif self._weight[HOT] + w <= self._hot_target:
                 ring = HOT
             else:
@@ -517,16 +535,32 @@ cdef class Cache:
             while self._weight[HOT] + self._weight[COLD] + w > self._capacity:
                 if not self._advance_cold():
                     break
-            e = self._alloc()
-            e.key = key
-            e.value = value
-            e.weight = w
-            e.expires = exp
-            e.ref = 0
-            e.negative = negative
-            PyDict_SetItem(self._index, key, e)
-            self._link(e, ring)
-            self.inserts += 1
+            fresh = self._alloc()
+            fresh.key = key
+            fresh.value = value
+            fresh.weight = w
+            fresh.hash = h
+            fresh.expires = exp
+            self._ref[fresh.index] = 0
+            fresh.negative = negative
+            # setdefault, not setitem: should a finalizer run by an eviction above have stored
+            # this key meanwhile, its entry must not be orphaned in a ring
+            e = <_Entry> PyDict_SetDefault(self._index, key, fresh)
+            if e is fresh:
+                self._link(e, ring)
+                self.inserts += 1
+                return True
+            self._release(fresh)
+        self._weight[e.queue] += w - e.weight
+        e.weight = w
+        if self._ref[e.index] < MAX_REF:
+            self._ref[e.index] += 1
+        e.expires = exp
+        e.negative = negative
+        old = e.value  # released on return: its finalizer must not see a half update
+        e.value = value
+        self.inserts += 1
+        self._shrink_to_capacity()
         # nothing is allocated while evicting, so an entry still resident is still this one
         return e.queue == HOT or e.queue == COLD
 

@@ -6,7 +6,7 @@ cost per operation (anchors.md §7):
 
 * two resident FIFO rings: **hot** (target 97 % of the capacity) and **cold** (a small probation
   ring), and **ghosts**: the hashes of keys evicted from cold during the last N evictions, N
-  being the number of resident entries (hashes, not keys: a ghost costs 16 bytes and touches no
+  being the number of resident entries (hashes, not keys: a ghost costs 8 bytes and touches no
   Python object; a collision only admits a new key to hot);
 * a new key enters hot while hot has room, else cold; a key whose hash is a ghost enters hot;
 * ``get`` raises an entry's ``referenced`` counter (capped at 2); the cold head is promoted to hot
@@ -67,9 +67,10 @@ def _expiry_arg(value: Any, name: str) -> float:
     return x
 
 
+_MASK32 = (1 << 32) - 1
 _MASK64 = (1 << 64) - 1
 _FIB = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: spreads runs of int hashes over buckets
-WAYS = 4
+WAYS = 8
 
 
 class _Ghosts:
@@ -78,73 +79,83 @@ class _Ghosts:
     A hash is a ghost while fewer than ``window`` evictions have been recorded since its stamp,
     ``window`` being the number of resident entries when asked: the effect of a FIFO of ghosts as
     long as the cache, without the FIFO. The table is set-associative: a hash lives in one bucket
-    of ``WAYS`` (tag, stamp) pairs, one cache line in the compiled kernel, so recording and
-    looking up each touch one line. A new hash replaces the bucket's oldest pair; with at least
-    twice as many pairs as resident entries, live ghosts are rarely pushed out early.
+    of ``WAYS`` pairs of 32-bit (tag, stamp), one 64-byte cache line in the compiled kernel, so
+    recording and looking up each touch one line, and the whole table stays small (8 bytes per
+    resident entry) enough to live in the CPU cache. A new hash replaces the bucket's oldest pair.
+
+    The tag is the top 32 bits of the hash times ``_FIB``; its top bits are the bucket number, so
+    the table can double without the full hashes. Stamps count evictions modulo 2**32 and 0 marks
+    an empty pair; a pair older than 2**32 evictions may pass for young, which at worst admits
+    one key to hot.
     """
 
-    __slots__ = ("tags", "stamps", "shift", "seq")
+    __slots__ = ("tags", "stamps", "tag_shift", "seq")
 
     def __init__(self) -> None:
         self.tags: list[int] = []
-        self.stamps: list[int] = []  # 0: empty
-        self.shift = 64
+        self.stamps: list[int] = []
+        self.tag_shift = 32
         self.seq = 0
 
-    def _bucket(self, h: int) -> int:
-        return (((h & _MASK64) * _FIB) & _MASK64) >> self.shift if self.tags else 0
+    @staticmethod
+    def tag_of(h: int) -> int:
+        return (((h & _MASK64) * _FIB) & _MASK64) >> 32
 
-    def _find(self, h: int) -> int:
-        """Position of a stamped pair tagged ``h``, or NIL."""
+    def _find(self, tag: int) -> int:
+        """Position of a stamped pair with ``tag``, or NIL."""
         if not self.tags:
             return NIL
-        base = self._bucket(h) * WAYS
+        base = (tag >> self.tag_shift) * WAYS
         for i in range(base, base + WAYS):
-            if self.stamps[i] and self.tags[i] == h:
+            if self.stamps[i] and self.tags[i] == tag:
                 return i
         return NIL
 
-    def _place(self, h: int, stamp: int) -> None:
-        base = self._bucket(h) * WAYS
-        victim = base
+    def _place(self, tag: int, stamp: int) -> None:
+        """Store the pair over the same tag, else over an empty or the oldest pair."""
+        base = (tag >> self.tag_shift) * WAYS
+        victim, oldest = base, -1
         for i in range(base, base + WAYS):
-            if self.stamps[i] and self.tags[i] == h:
+            st = self.stamps[i]
+            if st and self.tags[i] == tag:
                 victim = i
                 break
-            if self.stamps[i] < self.stamps[victim]:
-                victim = i
-        self.tags[victim] = h
+            age = (self.seq - st) & _MASK32 if st else 1 << 32
+            if age > oldest:
+                victim, oldest = i, age
+        self.tags[victim] = tag
         self.stamps[victim] = stamp
 
-    def _resize(self, slots: int) -> None:
-        live = sorted((st, tag) for tag, st in zip(self.tags, self.stamps) if st)
+    def _grow(self, window: int) -> None:
+        slots = max(64, len(self.tags))
+        while slots < window:
+            slots *= 2
+        old = [(t, st) for t, st in zip(self.tags, self.stamps) if st]
         self.tags = [0] * slots
         self.stamps = [0] * slots
-        self.shift = 64 - ((slots // WAYS).bit_length() - 1)
-        for st, tag in live:
-            self._place(tag, st)
+        self.tag_shift = 32 - ((slots // WAYS).bit_length() - 1)
+        # each new bucket takes pairs from a single old bucket, so nothing is pushed out
+        for t, st in old:
+            self._place(t, st)
 
     def record(self, h: int, window: int) -> None:
-        """Remember ``h`` as evicted now; the table grows to twice ``window`` pairs."""
-        if not self.tags or 2 * window > len(self.tags):
-            slots = max(64, len(self.tags))
-            while slots < 2 * window:
-                slots *= 2
-            self._resize(slots)
-        self.seq += 1
-        self._place(h, self.seq)
+        """Remember ``h`` as evicted now; the table grows to at least ``window`` pairs."""
+        if not self.tags or window > len(self.tags):
+            self._grow(window)
+        self.seq = (self.seq + 1) & _MASK32 or 1
+        self._place(self.tag_of(h), self.seq)
 
     def take(self, h: int, window: int) -> bool:
         """Whether ``h`` is a live ghost; its pair is emptied either way."""
-        i = self._find(h)
+        i = self._find(self.tag_of(h))
         if i == NIL:
             return False
-        alive = self.seq - self.stamps[i] < window
+        alive = (self.seq - self.stamps[i]) & _MASK32 < window
         self.stamps[i] = 0
         return alive
 
     def discard(self, h: int) -> None:
-        i = self._find(h)
+        i = self._find(self.tag_of(h))
         if i != NIL:
             self.stamps[i] = 0
 
