@@ -75,6 +75,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     _common(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (("reload", "reload the configuration (same as SIGHUP)"),
+                        ("reload-certificates", "re-read certificate files and variables in every worker"),
                         ("status", "show workers and connection counts"),
                         ("stop", "graceful shutdown (same as SIGTERM)")):
         _common(sub.add_parser(name, help=help_), suppress=True)

@@ -23,6 +23,7 @@ class Server:
 
     def __init__(self, tmp_path, config: dict, extra_args: list[str] | None = None, env: dict | None = None):
         self.dir = str(tmp_path)
+        os.makedirs(self.dir, exist_ok=True)
         self.data_dir = os.path.join(self.dir, "data")
         self.config_path = os.path.join(self.dir, "config.json")
         self.log_path = os.path.join(self.dir, "stalwartd.log")

@@ -305,11 +305,16 @@ class Connection(asyncio.Protocol):
         obj = transport.get_extra_info("ssl_object")
         version = obj.version() if obj else "unknown"
         cipher = (obj.cipher() or ("unknown",))[0] if obj else "unknown"
+        store = self.worker.plan.tls
+        chosen = store.selection(obj) if store is not None and obj is not None else None
+        sni = chosen.server_name if chosen is not None else None
         events.emit("tls.handshake", level="debug", ListenerId=self.lr.name, SpanId=self.span,
-                    Version=version, Details=cipher)
+                    Version=version, Details=cipher, Hostname=sni or "")
         if self.core is None:
-            self._start_session()
+            self._start_session(sni)
         else:
+            self.core.ctx.extra["sni"] = sni
+            self.core.ctx.extra["tls_source"] = "handshake"
             self.core.tls_started(version, cipher)
             self._pump()
 
@@ -332,7 +337,7 @@ class Connection(asyncio.Protocol):
         except OSError as exc:
             events.emit("network.set-opt-error", Reason=exc.strerror or str(exc), Details=self.lr.name)
 
-    def _start_session(self) -> None:
+    def _start_session(self, sni: str | None = None) -> None:
         lr = self.lr
         ctx = SessionContext(
             hostname=self.worker.hostname, listener=lr.name, protocol=lr.protocol,
@@ -344,6 +349,8 @@ class Connection(asyncio.Protocol):
             if obj is not None:
                 ctx.tls_version = obj.version()
                 ctx.tls_cipher = (obj.cipher() or ("unknown",))[0]
+                ctx.extra["tls_source"] = "handshake"
+                ctx.extra["sni"] = sni
         header = self.proxy_header
         if header is not None:
             ctx.extra["proxy"] = header
@@ -352,6 +359,7 @@ class Connection(asyncio.Protocol):
                 ctx.tls_active = True
                 ctx.tls_version = header.ssl_version or "unknown"
                 ctx.tls_cipher = header.ssl_cipher or "unknown"
+                ctx.extra["tls_source"] = "proxy"
             if header.authority:
                 ctx.extra["sni"] = header.authority
         core = lr.factory(ctx)

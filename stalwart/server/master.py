@@ -29,7 +29,7 @@ from ..config import Config
 from ..errors import BindError, ConfigError, ControlError, StalwartError
 from ..security.store import KINDS, AccessStore
 from ..tls.store import CertificateStore
-from .worker import ACCESS_EPOCH
+from .worker import ACCESS_EPOCH, CERT_EPOCH
 from .control import ControlServer, socket_path
 from .plan import GenerationPlan, ListenerPlan
 from .sockets import SocketSet
@@ -560,6 +560,19 @@ class Master:
         while gen.workers and time.monotonic() < deadline:
             self._poll(0.05, allow_control=False)
 
+    def reload_certificates(self) -> dict:
+        """``ReloadTlsCertificates``: every worker re-reads certificate files and variables and
+        swaps its SNI index; sessions and the rest of the configuration are untouched."""
+        try:
+            store = self._build_tls(self.config)  # validates; certificate problems are only logged
+        except StalwartError as exc:
+            return {"ok": False, "error": str(exc)}
+        self.generation.plan.tls = store  # workers spawned from now on start with it
+        self.table.bump_epoch(CERT_EPOCH)
+        gen = store.generation
+        return {"ok": True, "message": f"{len(gen.certificates)} certificates loaded, {len(gen.failed)} failed, "
+                                       f"{len(gen.expired)} expired; workers switch within 1 s"}
+
     def _reload_failed(self, reason: str) -> tuple[bool, str]:
         events.emit("server.reload-error", Reason=reason)
         return False, reason
@@ -627,6 +640,8 @@ class Master:
         elif cmd == "reload":
             ok, message = self.reload()
             self.control.reply(conn, {"ok": ok, "message" if ok else "error": message})
+        elif cmd == "reload-certificates":
+            self.control.reply(conn, self.reload_certificates())
         elif cmd == "status":
             self.control.reply(conn, {"ok": True, **self.status()})
         elif cmd == "stop":

@@ -27,7 +27,8 @@ from ..security.access import AccessLists, load_runtime
 from .plan import GenerationPlan, ListenerPlan
 
 ipset = load_kernel("ipset")
-ACCESS_EPOCH = 0  # epoch slot of the allow/block lists in the shared table
+ACCESS_EPOCH = 0  # epoch slots in the shared table: allow/block lists,
+CERT_EPOCH = 1  # and `stalwart-cli reload-certificates`
 SWEEP_INTERVAL = 0.25  # s: list changes reach every worker well within the 1 s the spec allows
 CERT_CHECK_INTERVAL = 60.0  # s
 
@@ -208,6 +209,7 @@ class Worker:
         # tls.md §5: certificate files and variables are re-read at least once a minute. Workers
         # are staggered so they do not all pause for the rebuild at the same moment.
         next_cert_check = loop.time() + CERT_CHECK_INTERVAL * (1 + (self.position % 4) / 4)
+        cert_epoch = self.table.epoch(CERT_EPOCH)
         while True:
             if os.getppid() != master and self._mode is None:
                 # The master is gone (killed -9?): nobody supervises us; drain and exit.
@@ -218,14 +220,24 @@ class Worker:
             now = loop.time()
             for conn in [c for c in self.sessions if c.idle_deadline() <= now]:
                 conn.timed_out()
-            if now >= next_cert_check and self.plan.tls is not None:
+            if self.table.epoch(CERT_EPOCH) != cert_epoch and self.plan.tls is not None:
+                cert_epoch = self.table.epoch(CERT_EPOCH)
+                self._check_certificates(force=True)
+            elif now >= next_cert_check and self.plan.tls is not None:
                 next_cert_check = now + CERT_CHECK_INTERVAL
                 self._check_certificates()
             await asyncio.sleep(SWEEP_INTERVAL)
 
-    def _check_certificates(self) -> None:
+    def _check_certificates(self, force: bool = False) -> None:
+        """Re-read certificate sources; ``force`` rebuilds even when nothing seems to have changed."""
         try:
-            if self.plan.tls.reload_if_changed():
+            store = self.plan.tls
+            if force:
+                store.rebuild(store.generation.config)
+                changed = True
+            else:
+                changed = store.reload_if_changed()
+            if changed:
                 events.emit("tls.certificates-reloaded", level="debug" if self.position > 1 else "info",
                             Details=f"generation {self.plan.tls.generation.number}")
         except Exception as exc:  # noqa: BLE001 - keep serving the certificates we have
