@@ -11,6 +11,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import Meta
 
+from ..services.ai.config import AiModel, SpamLlm, SpamLlmDisable, SpamLlmEnable
+from ..services.license.config import Enterprise
 from .secrets import PublicText, SecretText
 from .types import Duration, HostName, IpMask, Rate, Size, SocketAddr, UtcDateTime
 
@@ -178,6 +180,9 @@ OBJECTS: dict[str, tuple[type[_Object], bool]] = {
     "BlockedIp": (BlockedIp, True),
     "AllowedIp": (AllowedIp, True),
     "Certificate": (Certificate, True),
+    "AiModel": (AiModel, True),
+    "SpamLlm": (SpamLlmEnable, False),  # a tagged union; the Enable variant names its set fields
+    "Enterprise": (Enterprise, False),
 }
 
 
@@ -193,3 +198,6 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     BlockedIp: list[BlockedIp] = []
     AllowedIp: list[AllowedIp] = []
     Certificate: list[Certificate] = []
+    AiModel: list[AiModel] = []
+    SpamLlm: SpamLlm = msgspec.field(default_factory=SpamLlmDisable)
+    Enterprise: Enterprise = msgspec.field(default_factory=lambda: Enterprise())
