@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 LEVELS = {"trace": 0, "debug": 10, "info": 20, "warn": 30, "error": 40, "off": 100}
@@ -58,7 +59,19 @@ class EventLog:
         self.threshold = LEVELS[level]
         self.path = path
         self._stream: TextIO = sys.stderr
+        # event id -> callbacks(event, keys). Sessions report what happened as events; the security
+        # layer subscribes and decides (STYLE.md), so neither reaches into the other.
+        self._subscribers: dict[str, list[Callable[[str, dict[str, Any]], None]]] = {}
         self.reopen()
+
+    def subscribe(self, event: str, callback: Callable[[str, dict[str, Any]], None]) -> None:
+        """Call ``callback(event, keys)`` for every emitted ``event``, whatever the log level."""
+        self._subscribers.setdefault(event, []).append(callback)
+
+    def unsubscribe(self, event: str, callback: Callable[[str, dict[str, Any]], None]) -> None:
+        callbacks = self._subscribers.get(event, [])
+        if callback in callbacks:
+            callbacks.remove(callback)
 
     def reopen(self) -> None:
         """(Re)open the log file: SIGUSR1 after rotation."""
@@ -72,6 +85,13 @@ class EventLog:
         return LEVELS[EVENT_LEVELS.get(event, "info")] >= self.threshold
 
     def emit(self, event: str, level: str | None = None, **keys: Any) -> None:
+        callbacks = self._subscribers.get(event)
+        if callbacks:
+            for callback in list(callbacks):
+                try:
+                    callback(event, keys)
+                except Exception as exc:  # noqa: BLE001 - a subscriber must never break the emitter
+                    self.emit("server.subscriber-error", level="error", Details=event, Reason=repr(exc))
         lvl = level or EVENT_LEVELS.get(event, "info")
         if LEVELS[lvl] < self.threshold:
             return
@@ -101,3 +121,7 @@ def log() -> EventLog:
 
 def emit(event: str, level: str | None = None, **keys: Any) -> None:
     _log.emit(event, level, **keys)
+
+
+def subscribe(event: str, callback: Callable[[str, dict[str, Any]], None]) -> None:
+    _log.subscribe(event, callback)
