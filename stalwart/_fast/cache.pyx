@@ -5,18 +5,29 @@ The algorithm, its reasons and the exact semantics are documented once, in the p
 ``cache_py.py``; this module is a transliteration with the same layout, so both give identical
 results for one sequence of operations (tests cross-check them).
 
-Where the time goes, and why the layout is what it is: a hit is one dict lookup that yields the
-entry object, whose fields hold the value and all the metadata ``get`` needs, so a hit touches the
-dict, one entry and the value. Entries are pooled and reused through a free list, so steady-state
-``put`` allocates nothing. Ring links are two C arrays of pool positions beside the pool, so
-moving an entry between rings costs no reference counting. Ghosts are bare hashes in a
-set-associative C table (``_Ghosts``, 8 bytes a ghost): keeping them as dict entries, as a first
-version did, made every miss delete a key evicted long ago, and a linked FIFO of hashes still cost
-two scattered probes per miss; one 64-byte bucket per lookup, mostly in the CPU cache, is what is
-left. The clock
-is read only for entries that carry an expiry; without an injected clock it is
-``clock_gettime(CLOCK_MONOTONIC)``, the source of ``time.monotonic`` on Linux, read without a
-Python call.
+Where the time goes, and why the layout is what it is (measured on the Zipf + scan trace of
+``bench/cache_trace.py``):
+
+* A hit is one probe of the key index, which yields the entry object, whose fields hold the value
+  and all the metadata ``get`` needs: the index slot, one entry and the value are touched.
+* The key index is this module's own open-addressing table, not a dict: dict lookups were a fifth
+  of the trace's time, three of them per miss. Its slots pack a hash tag and a pool position, so
+  probing, deleting and growing touch no Python object.
+* Entries are pooled and reused through a free list: a steady-state ``put`` allocates nothing.
+* Rings are circular lists of pool positions in C arrays, and ``referenced`` counters sit in a C
+  array beside them: the CLOCK hand passes an entry with one store and reads no object.
+* Ghosts are bare hashes in a set-associative table (``_Ghosts``, 8 bytes a ghost, one 64-byte
+  bucket per lookup): keeping them as dict entries, as a first version did, made every miss
+  delete a key evicted long ago, a cache miss in memory on each ``put``.
+* ``get`` remembers the key object it just missed, so the ``put`` that usually follows neither
+  hashes nor probes again, and prefetches its ghost bucket.
+* The clock is read only for entries that carry an expiry; without an injected clock it is
+  ``clock_gettime(CLOCK_MONOTONIC)``, the source of ``time.monotonic`` on Linux, read without a
+  Python call.
+
+Keys are compared like a dict compares them (identity, then ``==`` on equal hashes); a lookup
+restarts when a key's ``__eq__`` changed the cache. Values and keys are released only once the
+cache is consistent again, since their finalizers may use it. ``clock`` and ``weigher`` must not.
 """
 cimport cython
 from cpython.list cimport PyList_GET_ITEM

@@ -14,12 +14,13 @@ cost per operation (anchors.md §7):
   no ghost. One-hit keys (a scan) only ever pass through cold, so they cannot flush the hot set.
 
 Both twins keep the same layout so that one sequence of operations gives the same results,
-evictions and sweep order included, whichever kernel runs it: the index dict maps a key to its
-entry object (value and metadata together, so a hit touches one object); entries live in a pool
-and are reused through a LIFO free list, never freed one by one; rings are doubly-linked lists of
-pool positions held in two integer arrays beside the pool. Ghosts live in :class:`_Ghosts`, a
-set-associative table that both kernels implement identically. This module also defines :data:`NEGATIVE`,
-which the compiled kernel imports, so that callers can compare with ``is`` whichever one is loaded.
+evictions and sweep order included, whichever kernel runs it: a key maps to its entry object
+(value and metadata together, so a hit touches one object; a dict here, the compiled kernel's own
+hash table there); entries live in a pool and are reused through a LIFO free list, never freed one
+by one; rings are lists of pool positions linked through integer arrays beside the pool. Ghosts
+live in :class:`_Ghosts`, a set-associative table that both kernels implement identically. This
+module also defines :data:`NEGATIVE`, which the compiled kernel imports, so that callers can
+compare with ``is`` whichever one is loaded.
 
 Not thread-safe: a worker owns its caches and touches them from its event loop only.
 """
