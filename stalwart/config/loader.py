@@ -146,6 +146,10 @@ def validate(cfg: Config) -> None:
     # Dual stack: "[::]:p" and "0.0.0.0:p" may coexist (the v6 socket then gets IPV6_V6ONLY=1).
     cfg.Security.scan_ban_paths = _dedupe(cfg.Security.scan_ban_paths)
 
+    from ..accounts.model import validate_accounts
+
+    validate_accounts(cfg)
+
     cert_ids = {c.id for c in cfg.Certificate}
     if ss.default_certificate_id is not None and ss.default_certificate_id not in cert_ids:
         raise ConfigError("$.SystemSettings.defaultCertificateId", f"no Certificate has id {ss.default_certificate_id!r}")

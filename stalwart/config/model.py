@@ -96,6 +96,7 @@ class NetworkListener(_Member, kw_only=True):
     tls_disable_cipher_suites: list[TlsCipherSuite] = []
     tls_ignore_client_order: bool = True
     max_connections: PositiveInt | None = 8192
+    allow_plain_text_auth: bool = False  # offer AUTH/LOGIN without TLS (test rigs, internal networks)
 
     set_fields: ClassVar[tuple[str, ...]] = (
         "bind",
@@ -169,6 +170,8 @@ class MtaInboundSession(_Object):
     transfer_limit: Size = Size(262144000)
 
 
+from ..accounts.model import Account, Domain  # noqa: E402 - they derive from _Member above
+
 # Top-level object name -> (struct, is_collection). Order is the order of `check` output.
 OBJECTS: dict[str, tuple[type[_Object], bool]] = {
     "SystemSettings": (SystemSettings, False),
@@ -180,6 +183,8 @@ OBJECTS: dict[str, tuple[type[_Object], bool]] = {
     "BlockedIp": (BlockedIp, True),
     "AllowedIp": (AllowedIp, True),
     "Certificate": (Certificate, True),
+    "Domain": (Domain, True),
+    "Account": (Account, True),
     "AiModel": (AiModel, True),
     "SpamLlm": (SpamLlmEnable, False),  # a tagged union; the Enable variant names its set fields
     "Enterprise": (Enterprise, False),
@@ -198,6 +203,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     BlockedIp: list[BlockedIp] = []
     AllowedIp: list[AllowedIp] = []
     Certificate: list[Certificate] = []
+    Domain: list[Domain] = []
+    Account: list[Account] = []
     AiModel: list[AiModel] = []
     SpamLlm: SpamLlm = msgspec.field(default_factory=SpamLlmDisable)
     Enterprise: Enterprise = msgspec.field(default_factory=lambda: Enterprise())

@@ -1,0 +1,82 @@
+"""``Domain`` and ``Account`` configuration objects and their cross-field rules.
+
+``Domain`` names a mail domain this server is final destination for; ``Account`` is a login with a
+password hash (never a clear password: see :mod:`.passwords`) and the addresses it receives::
+
+    {"Domain": [{"name": "example.org"}],
+     "Account": [{"name": "jane", "secret": "$scrypt$ln=14,r=8,p=1$...$...",
+                  "emails": ["jane@example.org"]}]}
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Annotated, ClassVar
+
+from msgspec import Meta
+
+from ..config.model import _Member
+from ..config.types import HostName
+from ..errors import ConfigError
+from .passwords import PasswordHashError, parse_hash
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+#: account names become directory names under the data directory: no separators, no dot files
+ACCOUNT_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+@-]{0,127}$")
+# RFC 5321 §4.1.2 Mailbox, restricted to what we deliver to: dot-atom local part, host domain.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+ADDRESS_RE = re.compile(rf"^{_ATEXT}+(\.{_ATEXT}+)*@[A-Za-z0-9](?:[A-Za-z0-9-]{{0,62}}(?<!-))?"
+                        rf"(\.[A-Za-z0-9](?:[A-Za-z0-9-]{{0,62}}(?<!-))?)*$")
+
+
+class Domain(_Member, kw_only=True):
+    name: HostName
+
+
+class Account(_Member, kw_only=True):
+    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    secret: str
+    emails: list[str] = []
+    description: str | None = None
+
+    set_fields: ClassVar[tuple[str, ...]] = ("emails",)
+
+
+def validate_accounts(cfg: Config) -> None:
+    """Cross-field rules: unique domains, names and addresses; addresses in a local domain;
+    secrets that are password hashes (raises :class:`ConfigError` with the JSON path)."""
+    domains: dict[str, int] = {}
+    for i, dom in enumerate(cfg.Domain):
+        if dom.name in domains:
+            raise ConfigError(f"$.Domain[{i}].name", f"{dom.name!r} is already listed in Domain[{domains[dom.name]}]")
+        domains[dom.name] = i
+    names: dict[str, int] = {}
+    owners: dict[str, str] = {}
+    for i, acct in enumerate(cfg.Account):
+        p = f"$.Account[{i}]"
+        if not ACCOUNT_NAME_RE.match(acct.name):
+            raise ConfigError(f"{p}.name", f"{acct.name!r} is not a valid account name "
+                              "(letters, digits and . _ + @ -, not starting with a dot)")
+        key = acct.name.lower()
+        if key in names:
+            raise ConfigError(f"{p}.name", f"duplicate account name {acct.name!r} (also Account[{names[key]}])")
+        names[key] = i
+        try:
+            parse_hash(acct.secret)
+        except PasswordHashError as exc:
+            raise ConfigError(f"{p}.secret", f"{exc} (create one with `stalwart-cli account add`)") from None
+        emails = []
+        for j, addr in enumerate(acct.emails):
+            norm = addr.strip().lower()
+            if not ADDRESS_RE.match(norm) or len(norm) > 254:
+                raise ConfigError(f"{p}.emails[{j}]", f"{addr!r} is not a valid e-mail address")
+            domain = norm.rpartition("@")[2]
+            if domain not in domains:
+                raise ConfigError(f"{p}.emails[{j}]", f"{domain!r} is not a local Domain")
+            if norm in owners:
+                raise ConfigError(f"{p}.emails[{j}]", f"{addr!r} already belongs to account {owners[norm]!r}")
+            owners[norm] = acct.name
+            if norm not in emails:
+                emails.append(norm)
+        acct.emails = emails
