@@ -27,6 +27,7 @@ from .. import events
 from .._fast import load as load_kernel
 from ..config import Config
 from ..errors import BindError, ConfigError, ControlError, StalwartError
+from ..security.admin import AccessAdmin
 from ..security.store import KINDS, AccessStore
 from ..tls.store import CertificateStore
 from .worker import ACCESS_EPOCH, CERT_EPOCH
@@ -103,7 +104,7 @@ class Master:
         self._wake_r = self._wake_w = -1
         self.config: Config | None = None
         self.access: AccessStore | None = None
-        self.next_purge = 0.0
+        self.access_admin: AccessAdmin | None = None
 
     # -- configuration -------------------------------------------------------------------------
     def load_config(self) -> Config:
@@ -166,6 +167,7 @@ class Master:
         self.sockets.commit(cfg, sockets)
         self._drop_privileges()
         self.access = AccessStore(os.path.join(self.data_dir, "access.db"))
+        self.access_admin = AccessAdmin(self.access, lambda: self.table.bump_epoch(ACCESS_EPOCH))
         size = conntable.size_for(MAX_LISTENERS, MAX_WORKERS)
         self._shm = mmap.mmap(-1, size, flags=mmap.MAP_SHARED)
         self.table = conntable.ConnectionTable(self._shm, MAX_LISTENERS, MAX_WORKERS)
@@ -425,7 +427,7 @@ class Master:
                 return 1
             self._check_heartbeats()
             self._maintain()
-            self._purge_access()
+            self.access_admin.purge()
             for conn in self.control.expire():
                 self._unregister(conn)
             if self.stopping:
@@ -577,66 +579,12 @@ class Master:
         events.emit("server.reload-error", Reason=reason)
         return False, reason
 
-    # -- allow and block lists ---------------------------------------------------------------
-    def _purge_access(self) -> None:
-        """At least once every 60 s: drop expired runtime entries and say which (security.md §2)."""
-        now = time.time()
-        if now < self.next_purge:
-            return
-        self.next_purge = now + 30
-        purged = self.access.purge(now)
-        for kind, addresses in purged.items():
-            events.emit("security.ip-block-expired" if kind == "blocked" else "security.ip-allow-expired",
-                        Details=", ".join(addresses))
-        if purged:
-            self.table.bump_epoch(ACCESS_EPOCH)
-
-    def _access_command(self, kind: str, action: str, req: dict) -> dict:
-        if action == "list":
-            now = time.time()
-            runtime = [dict(e.as_dict(), source="runtime", expired=e.expired(now)) for e in self.access.entries(kind)]
-            objects = self.config.BlockedIp if kind == "blocked" else self.config.AllowedIp
-            from ..config.types import format_utc
-
-            static = [{"address": str(o.address), "reason": o.reason, "source": "config",
-                       "expiresAt": format_utc(o.expires_at) if o.expires_at else None} for o in objects]
-            return {"ok": True, "entries": static + runtime}
-        address = req.get("address")
-        if not isinstance(address, str):
-            return {"ok": False, "error": "an address is required"}
-        try:
-            normal = AccessStore.normalise(address)
-        except ValueError as exc:
-            return {"ok": False, "error": str(exc)}
-        if action == "add":
-            reason = req.get("reason")
-            if kind == "blocked":
-                reason = reason or "manual"
-                valid = ("manual", "other", "authFailure", "rcptToFailure", "loitering", "portScanning")
-                if reason not in valid:
-                    return {"ok": False, "error": f"reason must be one of {', '.join(valid)}"}
-            expires = req.get("expiresAt")
-            if expires is not None and not isinstance(expires, int):
-                return {"ok": False, "error": "expiresAt must be Unix seconds"}
-            entry = self.access.add(kind, normal, reason, expires)
-            self.table.bump_epoch(ACCESS_EPOCH)
-            return {"ok": True, "message": f"{kind} {entry.address}", "entry": entry.as_dict()}
-        if action == "remove":
-            if not self.access.remove(kind, normal):
-                objects = self.config.BlockedIp if kind == "blocked" else self.config.AllowedIp
-                if any(str(o.address) == normal for o in objects):
-                    return {"ok": False, "error": f"{normal} comes from the configuration file: edit it and reload"}
-                return {"ok": False, "error": f"{normal} is not in the {kind} list"}
-            self.table.bump_epoch(ACCESS_EPOCH)
-            return {"ok": True, "message": f"removed {normal} from the {kind} list"}
-        return {"ok": False, "error": f"unknown action {action!r}"}
-
     # -- control socket ------------------------------------------------------------------------
     def _handle_control(self, conn, req: dict) -> None:
         cmd = req["command"]
         kind, _, action = cmd.partition(".")
         if kind in KINDS and action:
-            self.control.reply(conn, self._access_command(kind, action, req))
+            self.control.reply(conn, self.access_admin.command(kind, action, req, self.config))
         elif cmd == "reload":
             ok, message = self.reload()
             self.control.reply(conn, {"ok": ok, "message" if ok else "error": message})
