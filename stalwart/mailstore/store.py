@@ -1,0 +1,38 @@
+"""Where every account's mail lives under the data directory, and delivery to several of them."""
+from __future__ import annotations
+
+import os
+
+from .maildir import Maildir
+from .sieve import SieveStore
+
+
+class MailStore:
+    """``<data-dir>/mail/<account name, lower-cased>/`` holds one Maildir and its Sieve scripts."""
+
+    def __init__(self, data_dir: str):
+        self.root = os.path.join(os.path.abspath(data_dir), "mail")
+
+    def _account_dir(self, account: str) -> str:
+        # Account names are validated (model.ACCOUNT_NAME_RE): no separators, no leading dot.
+        return os.path.join(self.root, account.lower())
+
+    def maildir(self, account: str) -> Maildir:
+        return Maildir(self._account_dir(account))
+
+    def sieve(self, account: str) -> SieveStore:
+        return SieveStore(os.path.join(self._account_dir(account), "sieve"))
+
+    def deliver(self, message: bytes, accounts: list[str]) -> dict[str, BaseException | None]:
+        """Deliver one copy per account (each atomic and durable, see :meth:`Maildir.deliver`).
+
+        Returns, per account, ``None`` on success or the error it met, so LMTP can answer each
+        recipient on its own (RFC 2033 §4.2) and SMTP can refuse the whole message."""
+        outcome: dict[str, BaseException | None] = {}
+        for account in dict.fromkeys(accounts):
+            try:
+                self.maildir(account).deliver(message)
+                outcome[account] = None
+            except OSError as exc:
+                outcome[account] = exc
+        return outcome
