@@ -13,6 +13,7 @@ from msgspec import Meta
 
 from ..services.ai.config import AiModel, SpamLlm, SpamLlmDisable, SpamLlmEnable
 from ..services.license.config import Enterprise
+from ..services.geo.config import Asn, AsnBase, AsnDisabled
 from .secrets import PublicText, SecretText
 from .types import Duration, HostName, IpMask, Rate, Size, SocketAddr, UtcDateTime
 
@@ -188,6 +189,7 @@ OBJECTS: dict[str, tuple[type[_Object], bool]] = {
     "AiModel": (AiModel, True),
     "SpamLlm": (SpamLlmEnable, False),  # a tagged union; the Enable variant names its set fields
     "Enterprise": (Enterprise, False),
+    "Asn": (AsnBase, False),  # a tagged union; the map form of its URL sets is handled by the variant
 }
 
 
@@ -208,3 +210,4 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     AiModel: list[AiModel] = []
     SpamLlm: SpamLlm = msgspec.field(default_factory=SpamLlmDisable)
     Enterprise: Enterprise = msgspec.field(default_factory=lambda: Enterprise())
+    Asn: Asn = msgspec.field(default_factory=AsnDisabled)
