@@ -157,6 +157,8 @@ class Http(_Object):
     rate_limit_authenticated: Rate | None = Rate(count=1000, period=Duration(60000))
     rate_limit_anonymous: Rate | None = Rate(count=100, period=Duration(60000))
     allowed_endpoints: dict[str, Any] = msgspec.field(default_factory=lambda: {"else": "200"})
+    response_headers: dict[str, str] = {}  # set on every response, replacing same-named ones (http.md §1)
+    enable_hsts: bool = False
 
 
 class Imap(_Object):
