@@ -10,10 +10,21 @@ import math
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from kernels import kernel_fixture
+
 from stalwart._fast import load
+from stalwart.errors import ConfigError
+from stalwart.services.cache import (
+    CACHE_SIZE_DEFAULTS,
+    MIN_CACHE_SIZE,
+    NEGATIVE,
+    approximate_size,
+    cache_sizes,
+    entry_weight,
+    new_cache,
+    parse_cache_size,
+)
 
 cache = kernel_fixture("cache")
 
@@ -584,3 +595,62 @@ def test_twins_agree_on_a_long_zipf_trace():
         if ra is None:
             assert ca.put(k, k) == cb.put(k, k)
     assert ca.stats() == cb.stats()
+
+
+# ---------------------------------------------------------------- Cache object sizes, weights
+
+@pytest.mark.parametrize("value, size", [
+    (2048, 2048), ("50mb", 52428800), ("50MB", 52428800), ("512kb", 524288), ("1gb", 1073741824),
+    ("1G", 1073741824), (" 4096 ", 4096), ("2048b", 2048), (10485760, 10485760),
+])
+def test_cache_sizes_accept_integers_and_suffixes(value, size):
+    assert parse_cache_size(value, "$.Cache.dnsTxt") == size
+
+
+@pytest.mark.parametrize("value, message", [
+    (2047, "at least 2048"), ("1kb", "at least 2048"), (0, "at least 2048"), (-5, "out of range"),
+    ("50 megabytes", "not a byte size"), ("", "not a byte size"), (True, "not a byte size"),
+    (1.5, "not a byte size"), (None, "not a byte size"), ("1tb", "not a byte size"),
+])
+def test_cache_size_errors_name_the_field(value, message):
+    with pytest.raises(ConfigError) as info:
+        parse_cache_size(value, "$.Cache.accounts")
+    assert info.value.path == "$.Cache.accounts" and message in info.value.message
+
+
+def test_cache_object_defaults_and_overrides():
+    sizes = cache_sizes({"dnsTxt": "8mb", "accounts": 4096, "negativeTtl": 60000})
+    assert sizes["dnsTxt"] == 8388608 and sizes["accounts"] == 4096
+    assert sizes["messages"] == 52428800 and sizes["dnsRbl"] == 5242880
+    assert set(sizes) == set(CACHE_SIZE_DEFAULTS) and len(sizes) == 25
+    assert all(v >= MIN_CACHE_SIZE for v in CACHE_SIZE_DEFAULTS.values())
+    assert cache_sizes(None) == dict(CACHE_SIZE_DEFAULTS)
+    with pytest.raises(ConfigError) as info:
+        cache_sizes({"dnsTxt": "1kb"})
+    assert info.value.path == "$.Cache.dnsTxt"
+    with pytest.raises(ConfigError) as info:
+        cache_sizes({"dnsTXT": 4096})
+    assert info.value.path == "$.Cache.dnsTXT"
+
+
+def test_entry_weights_count_contents():
+    import ipaddress
+
+    assert approximate_size("abc") == 27 and approximate_size(b"abc") == 19
+    assert approximate_size(ipaddress.ip_address("192.0.2.1")) == 4
+    assert approximate_size(ipaddress.ip_address("2001:db8::1")) == 16
+    txt = ("v=spf1 include:_spf.example.org -all",)
+    assert approximate_size(txt) == 16 + len(txt[0]) + 24
+    assert approximate_size(["a" * 100, "b" * 200]) > approximate_size(["a"])
+    assert entry_weight("k", NEGATIVE) == 25 + 8
+    nested = [[[[[[[[[["deep"]]]]]]]]]]
+    assert approximate_size(nested) > 0
+
+
+def test_new_cache_weighs_in_bytes():
+    c = new_cache(4096)
+    c.put("name.example.", ("192.0.2.1",))
+    assert c.weight == approximate_size("name.example.") + approximate_size(("192.0.2.1",))
+    counted = new_cache(4096, weigher=None)
+    counted.put("x", "y" * 1000)
+    assert counted.weight == 1

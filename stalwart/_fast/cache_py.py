@@ -29,9 +29,10 @@ from __future__ import annotations
 import math
 import operator
 import time
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
-__all__ = ["Cache", "NEGATIVE"]
+__all__ = ["NEGATIVE", "Cache"]
 
 
 class _Negative:
@@ -90,7 +91,7 @@ class _Ghosts:
     one key to hot.
     """
 
-    __slots__ = ("tags", "stamps", "tag_shift", "seq")
+    __slots__ = ("seq", "stamps", "tag_shift", "tags")
 
     def __init__(self) -> None:
         self.tags: list[int] = []
@@ -164,7 +165,7 @@ class _Ghosts:
 class _Entry:
     """One pool position: a resident entry or a free slot."""
 
-    __slots__ = ("key", "value", "expires", "weight", "index", "queue", "ref", "negative")
+    __slots__ = ("expires", "index", "key", "negative", "queue", "ref", "value", "weight")
 
     def __init__(self, index: int):
         self.key: Any = None
@@ -418,7 +419,7 @@ class Cache:
             self._discard(key)
             self.rejected += 1
             return False
-        if exp != exp:  # NaN: already expired, so a stale older entry must not survive either
+        if math.isnan(exp):  # already expired, so a stale older entry must not survive either
             self._discard(key)
             return False
         e = self._index.get(key)
