@@ -362,6 +362,11 @@ class Connection(asyncio.Protocol):
                 ctx.extra["tls_source"] = "proxy"
             if header.authority:
                 ctx.extra["sni"] = header.authority
+        if lr.protocol == "http":
+            # HTTP re-runs the allow/block check on every request, on the forwarded client address
+            # (security.md §7). The worker swaps in new lists when they change, so the core gets a
+            # getter rather than the lists themselves.
+            ctx.extra.update(access=self._access_lists, packed=self.packed, exempt=self.exempt, span=self.span)
         core = lr.factory(ctx)
         self.core = core
         if self.worker.trace_sessions:
@@ -372,6 +377,9 @@ class Connection(asyncio.Protocol):
             self.transport.write(greeting)
         if self.shutting_down:
             self.shutdown()
+
+    def _access_lists(self):
+        return self.worker.access
 
     def _pump(self) -> None:
         core = self.core

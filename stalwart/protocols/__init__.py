@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 from ..config import Config
 from .base import NEED_DATA, Send, SessionContext, SessionCore, StartTls
-from .http import HttpSession
+from .http import HttpService, HttpSession
 from .imap import ImapSession
 from .managesieve import ManageSieveSession
 from .pop3 import Pop3Session
@@ -29,7 +29,8 @@ def session_factory(protocol: str, cfg: Config) -> SessionFactory:
     if protocol == "manageSieve":
         return lambda ctx: ManageSieveSession(ctx, imap_timeout)
     if protocol == "http":
-        return lambda ctx: HttpSession(ctx)
+        http = HttpService(cfg)  # compiled once per listener and configuration load
+        return lambda ctx: HttpSession(ctx, service=http)
     raise ValueError(f"unknown protocol {protocol!r}")
 
 

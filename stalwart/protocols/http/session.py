@@ -1,81 +1,35 @@
 """HTTP/1.1 session core on h11 (RFC 9112): keep-alive, pipelining, limits, problem+json errors.
 
-h11 is a well-kept sans-IO HTTP/1.1 implementation; wrapping it keeps this core sans-IO too. Routes
-are a table of ``(method, path) -> handler``; the autoconfig and management endpoints of the HTTP
-issue plug into it. Until then it serves the health endpoints and answers everything else 404.
+h11 is a well-kept sans-IO HTTP/1.1 implementation; wrapping it keeps this core sans-IO too. The
+core owns the wire (limits, ``HEAD``, ``Connection: close``, malformed requests); what a request
+means is decided by the listener's :class:`~stalwart.protocols.http.service.HttpService`.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import h11
-import msgspec
 
-from .base import SessionContext, SessionCore
+from ...config import Config
+from ..base import SessionContext, SessionCore
+from .messages import REASONS, Response, problem
+from .service import Handler, HttpService
 
 MAX_HEAD = 16 * 1024  # request line + headers; over it -> 431
 MAX_BODY = 1024 * 1024
-
-_REASONS = {
-    200: b"OK", 204: b"No Content", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
-    405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Content Too Large",
-    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
-    503: b"Service Unavailable",
-}
-_TITLES = {400: "Invalid parameters", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-           413: "Content Too Large", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
-_DETAILS = {404: "The requested resource does not exist on this server."}
-
-
-class Request(msgspec.Struct):
-    method: str
-    target: str
-    headers: list[tuple[bytes, bytes]]
-    body: bytes = b""
-
-
-class Response(msgspec.Struct):
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: list[tuple[str, str]] = []
-
-
-def problem(status: int, detail: str | None = None, title: str | None = None) -> Response:
-    body = msgspec.json.encode({
-        "type": "about:blank",
-        "status": status,
-        "title": title or _TITLES.get(status, _REASONS.get(status, b"Error").decode()),
-        "detail": detail if detail is not None else _DETAILS.get(status, _TITLES.get(status, "")),
-    })
-    return Response(status, body, "application/problem+json")
-
-
-Handler = Callable[[Request, SessionContext], Response]
-
-
-def _health(_req: Request, _ctx: SessionContext) -> Response:
-    return Response(200, b'{"status":"ok"}')
-
-
-DEFAULT_ROUTES: dict[str, dict[str, Handler]] = {
-    "/healthz/live": {"GET": _health, "HEAD": _health},
-    "/healthz/ready": {"GET": _health, "HEAD": _health},
-}
 
 
 class HttpSession(SessionCore):
     event_group = "http"
 
     def __init__(self, ctx: SessionContext, timeout_ms: int = 60000,
-                 routes: dict[str, dict[str, Handler]] | None = None):
+                 routes: dict[str, dict[str, Handler]] | None = None, service: HttpService | None = None):
         super().__init__(ctx)
         self._timeout_ms = timeout_ms
-        self.routes = routes if routes is not None else DEFAULT_ROUTES
+        if service is None:
+            service = HttpService.default() if routes is None else HttpService(Config(), routes=routes)
+        self.service = service
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self._request: h11.Request | None = None
         self._body = bytearray()
-        self._skip_body = False
 
     @property
     def idle_timeout_ms(self) -> int:
@@ -106,7 +60,6 @@ class HttpSession(SessionCore):
             if isinstance(ev, h11.Request):
                 self._request = ev
                 self._body.clear()
-                self._skip_body = False
                 length = self._content_length(ev)
                 if length is not None and length > MAX_BODY:
                     self._reply(problem(413, "The request body is too large."), close=True)
@@ -118,6 +71,8 @@ class HttpSession(SessionCore):
                 self._body += ev.data
             elif isinstance(ev, h11.EndOfMessage):
                 self._dispatch()
+                if self.closed:
+                    return
                 if conn.our_state is h11.MUST_CLOSE or self.draining:
                     self._send(b"", close=True)
                     return
@@ -142,24 +97,23 @@ class HttpSession(SessionCore):
         assert req is not None
         method = req.method.decode("ascii", "replace")
         target = req.target.decode("utf-8", "replace")
-        path = target.split("?", 1)[0]
-        by_method = self.routes.get(path)
-        if by_method is None:
-            resp = problem(404)
-        elif method not in by_method:
-            resp = problem(405)
-            resp.headers = [("Allow", ", ".join(sorted(by_method)))]
-        else:
-            resp = by_method[method](Request(method, target, list(req.headers), bytes(self._body)), self.ctx)
-        self._reply(resp, head=method == "HEAD")
+        head = method == "HEAD"
+        # http.md §1: HEAD is answered on every route that answers GET, with GET's headers.
+        resp = self.service.respond("GET" if head else method, target, list(req.headers), bytes(self._body), self.ctx)
+        self._reply(resp, head=head, close=resp.close)
 
     def _reply(self, resp: Response, head: bool = False, close: bool = False) -> None:
-        headers = [("Content-Type", resp.content_type), ("Content-Length", str(len(resp.body)))]
+        headers = [("Content-Type", resp.content_type), ("Content-Length", str(len(resp.body)))] \
+            if resp.status != 204 else []
         headers += resp.headers
+        extra = self.service.extra_headers
+        if extra:
+            names = {k.lower() for k, _ in extra}
+            headers = [h for h in headers if h[0].lower() not in names] + extra
         if close or self.draining:
             headers.append(("Connection", "close"))
         out = self._conn.send(h11.Response(status_code=resp.status, headers=headers,
-                                           reason=_REASONS.get(resp.status, b"")))
+                                           reason=REASONS.get(resp.status, b"")))
         if not head and resp.body:
             out += self._conn.send(h11.Data(data=resp.body))
         out += self._conn.send(h11.EndOfMessage())

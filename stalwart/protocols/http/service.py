@@ -1,0 +1,187 @@
+"""What an HTTP listener does with one request, in the order http.md §1 "We do better" fixes.
+
+1. attributed client address (forwarding headers from trusted proxies only, security.md §7);
+2. block check on that address → ``403`` problem JSON;
+3. banned-path check on the normalised path (security.md §6);
+4. routing: health, autoconfig and autodiscover (http.md §2), ``OPTIONS`` on ``/.well-known/``.
+
+One :class:`HttpService` per listener and configuration load: it holds everything that does not
+depend on the request (compiled globs, the PACC body, advertised endpoints, the trust list).
+The allow/block lists change while connections stay open, so the driver hands every session a
+getter for the worker's current lists in ``SessionContext.extra["access"]``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from urllib.parse import parse_qsl
+
+from ... import events
+from ..._fast import load as load_kernel
+from ...config import Config
+from ...config import hostname as config_hostname
+from ..base import SessionContext
+from .autoconfig import Autoconfig, parse_autodiscover
+from .forwarded import ClientAddress, attribute, pack
+from .messages import CORS, Request, Response, problem
+from .paths import BannedPaths, decode_path, request_path
+
+ipset = load_kernel("ipset")
+
+Handler = Callable[[Request, SessionContext], Response]
+
+HSTS = ("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+_DISCOVER_PREFIXES = ("/autodiscover/", "/Autodiscover/", "/AutoDiscover/")
+_MOZILLA = ("/mail/config-v1.1.xml", "/.well-known/autoconfig/mail/config-v1.1.xml", "/.well-known/mail-v1.xml")
+PACC_PATH = "/.well-known/user-agent-configuration.json"
+
+
+def _health(_req: Request, _ctx: SessionContext) -> Response:
+    return Response(200, b'{"status":"ok"}')
+
+
+DEFAULT_ROUTES: dict[str, dict[str, Handler]] = {
+    "/healthz/live": {"GET": _health, "HEAD": _health},
+    "/healthz/ready": {"GET": _health, "HEAD": _health},
+}
+
+
+def _ip_set(networks) -> object | None:
+    if not networks:
+        return None
+    out = ipset.IpSet()
+    for net in networks:
+        out.add_text(str(net))
+    return out
+
+
+def _allow(methods: str) -> Response:
+    resp = problem(405)
+    resp.headers = [*resp.headers, ("Allow", methods)]
+    return resp
+
+
+class HttpService:
+    """Request processing for one HTTP listener under one configuration."""
+
+    def __init__(self, cfg: Config, clock: Callable[[], float] = time.time,
+                 routes: dict[str, dict[str, Handler]] | None = None):
+        hostname = config_hostname(cfg)
+        self.clock = clock
+        self.routes = dict(DEFAULT_ROUTES if routes is None else routes)
+        self.autoconfig = Autoconfig(cfg, hostname, clock, os.environ.get("STALWART_PUBLIC_URL"))
+        self.banned = BannedPaths(cfg.Security.scan_ban_paths)
+        self.use_x_forwarded = cfg.Http.use_x_forwarded
+        # The effective trust list of each listener: its override replaces the system list.
+        self.trust = _ip_set(cfg.SystemSettings.proxy_trusted_networks)
+        self.trust_by_listener = {lst.name: _ip_set(lst.override_proxy_trusted_networks)
+                                  for lst in cfg.NetworkListener if lst.override_proxy_trusted_networks}
+        http = cfg.Http
+        headers = [(str(k), str(v)) for k, v in getattr(http, "response_headers", {}).items()]
+        if getattr(http, "enable_hsts", False):
+            headers.append(HSTS)
+        self.extra_headers = headers
+
+    @classmethod
+    @lru_cache(maxsize=1)
+    def default(cls) -> "HttpService":
+        """The service of the embedded defaults, for cores built without a configuration (tests)."""
+        return cls(Config())
+
+    # -- steps 1-3 ---------------------------------------------------------------------------
+    def trust_for(self, listener: str):
+        return self.trust_by_listener.get(listener, self.trust)
+
+    def client(self, headers: list[tuple[bytes, bytes]], ctx: SessionContext) -> ClientAddress:
+        """The attributed address of one request (security.md §7)."""
+        peer = ctx.extra.get("packed") or pack(ctx.remote_ip) or b"\0\0\0\0"
+        if not self.use_x_forwarded:
+            return ClientAddress(ctx.remote_ip, peer, exempt=ctx.extra.get("exempt", False))
+        trust = self.trust_for(ctx.listener)
+        now = int(self.clock())
+
+        def trusted(packed: bytes) -> bool:
+            return trust is not None and trust.contains(packed, now)
+
+        if not trusted(peer):
+            if any(n in (b"forwarded", b"x-forwarded-for") for n, _ in headers):
+                events.emit("http.x-forwarded-ignored", level="debug", SpanId=ctx.extra.get("span", 0),
+                            RemoteIp=ctx.remote_ip, Reason="peer is not a trusted proxy")
+            return ClientAddress(ctx.remote_ip, peer, exempt=ctx.extra.get("exempt", False))
+        found = attribute(headers, ctx.remote_ip, peer, trusted)
+        if found.missing:
+            events.emit("http.x-forwarded-missing", SpanId=ctx.extra.get("span", 0), RemoteIp=ctx.remote_ip)
+        return found
+
+    def respond(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes,
+                ctx: SessionContext) -> Response:
+        client = self.client(headers, ctx)
+        access = ctx.extra.get("access")
+        lists = access() if access is not None else None
+        if lists is not None and not client.exempt and lists.is_blocked(client.packed):
+            events.emit("security.ip-blocked", ListenerId=ctx.listener, RemoteIp=client.ip,
+                        SpanId=ctx.extra.get("span", 0))
+            return problem(403)
+        raw, _, query = target.partition("?")
+        raw = raw.split("#", 1)[0] if raw.startswith("/") else request_path(target)
+        path = decode_path(raw)
+        glob = self.banned.match(path, raw)
+        if glob is not None and not client.exempt and not (lists is not None and lists.is_allowed(client.packed)):
+            # security.md §6: a banned path bans the address. Until the auto-ban store exists the match
+            # is logged and the request refused as if nothing were there.
+            events.emit("security.banned-path", level="warn", ListenerId=ctx.listener, RemoteIp=client.ip,
+                        SpanId=ctx.extra.get("span", 0), Path=path, Details=glob)
+            return problem(404)
+        req = Request(method, target, headers, body, path, dict(parse_qsl(query.split("#", 1)[0])) if query else {},
+                      client.ip, client.exempt)
+        return self.route(req, ctx)
+
+    # -- step 4 ------------------------------------------------------------------------------
+    def route(self, req: Request, ctx: SessionContext) -> Response:
+        path, method = req.path, req.method
+        by_method = self.routes.get(path)
+        if by_method is not None:
+            handler = by_method.get(method)
+            if handler is None:
+                return _allow(", ".join(sorted(by_method)))
+            return handler(req, ctx)
+        ac = self.autoconfig
+        get = method in ("GET", "HEAD")
+        if path == PACC_PATH:
+            if method == "OPTIONS":
+                return Response(204, headers=list(CORS))
+            if not get:
+                return _allow("GET, HEAD, OPTIONS")
+            resp = ac.pacc_response
+            return Response(resp.status, resp.body, resp.content_type, [*resp.headers, *CORS])
+        if path in _MOZILLA:
+            cors = path.startswith("/.well-known/autoconfig/")
+            if method == "OPTIONS" and path.startswith("/.well-known/"):
+                return Response(204, headers=list(CORS))
+            if not get:
+                return _allow("GET, HEAD, OPTIONS" if path.startswith("/.well-known/") else "GET, HEAD")
+            resp = ac.mozilla(req.query.get("emailaddress"), req.header(b"host"))
+            if cors:
+                resp.headers = [*resp.headers, *CORS]
+            return resp
+        if path.startswith("/.well-known/") and method == "OPTIONS":
+            return Response(204, headers=list(CORS))
+        if path.startswith(_DISCOVER_PREFIXES):
+            rest = path[len("/autodiscover/"):]
+            name, _, tail = rest.partition("/")
+            lower = name.lower()
+            if lower == "autodiscover.xml" and not tail:
+                if method != "POST":
+                    return _allow("POST")
+                email, schema = parse_autodiscover(req.body)
+                return ac.autodiscover_v1(email, schema)
+            if lower == "autodiscover.json":
+                if not get:
+                    return _allow("GET, HEAD")
+                email = next((seg for seg in tail.split("/") if "@" in seg), None) if tail else None
+                if email is None:
+                    email = req.query.get("Email")
+                return ac.autodiscover_v2(req.query.get("Protocol"), email)
+        return problem(404)
