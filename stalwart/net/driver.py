@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .. import events
 from .._fast import load as load_kernel
 from .._fast import proxy_errors
-from ..protocols import NEED_DATA, Send, SessionContext, StartTls
+from ..protocols.base import NEED_DATA, Blocking, Send, SessionContext, StartTls
 
 if TYPE_CHECKING:
     from ..protocols import SessionCore
@@ -108,6 +108,7 @@ class Connection(asyncio.Protocol):
                 data = self._guard(data)
                 if not data:
                     return
+            core.now = self.last_active
             core.receive_data(data)
             self._pump()
         elif stage == _PROXY:
@@ -129,6 +130,7 @@ class Connection(asyncio.Protocol):
         if self.stage == _PROXY and not self._closing:
             self._proxy_failed(proxy_errors.EOF)
         elif self.core is not None and not self._closing:
+            self.core.now = self.worker.loop.time()
             self.core.receive_data(b"")
             self._pump()
         return False
@@ -342,7 +344,7 @@ class Connection(asyncio.Protocol):
         ctx = SessionContext(
             hostname=self.worker.hostname, listener=lr.name, protocol=lr.protocol,
             remote_ip=self.remote_ip, remote_port=self.remote_port, local_port=self.local_port,
-            tls_available=lr.starttls, tls_active=lr.implicit_tls,
+            tls_available=lr.starttls, tls_active=lr.implicit_tls, span_id=self.span, started=self.started,
         )
         if lr.implicit_tls and self.transport is not None:
             obj = self.transport.get_extra_info("ssl_object")
@@ -398,10 +400,34 @@ class Connection(asyncio.Protocol):
                 transport.write(ev.reply)  # in clear, ahead of the TLS layer
                 self._begin_tls()
                 return
+            elif isinstance(ev, Blocking):
+                self._run_blocking(ev)
+                return
         if core.closed:
             self.close()
         elif self.shutting_down and core.interruptible:
             self.shutdown()
+
+    def _run_blocking(self, job: Blocking) -> None:
+        """A core asked for work off the loop (fsync, password hashing): run it in the loop's
+        default thread pool with reading paused, so the core sees no bytes until it has the result."""
+        self.transport.pause_reading()
+        fut = self.worker.loop.run_in_executor(None, job.fn, *job.args)
+        fut.add_done_callback(self._blocking_finished)
+
+    def _blocking_finished(self, fut: asyncio.Future) -> None:
+        if self._closing:
+            return  # the connection went away (or was force-closed) while the job ran
+        if fut.cancelled():
+            result, error = None, asyncio.CancelledError()
+        else:
+            error = fut.exception()
+            result = None if error is not None else fut.result()
+        self.last_active = self.worker.loop.time()
+        self.core.now = self.last_active
+        self.core.blocking_done(result, error)
+        self.transport.resume_reading()
+        self._pump()
 
     # -- closing ------------------------------------------------------------------------------
     def close(self) -> None:

@@ -7,7 +7,12 @@ bytes with :meth:`SessionCore.receive_data` and acts on what :meth:`SessionCore.
 * :class:`StartTls` — write ``reply`` in clear, discard any bytes already received (pipelined
   plaintext after STARTTLS must never be read as if it came through TLS: CVE-2011-0411), run the
   handshake, then call :meth:`SessionCore.tls_started`;
+* :class:`Blocking` — run ``fn(*args)`` in a thread (disk writes with fsync, password hashing),
+  reading from the peer paused meanwhile, then hand the outcome to :meth:`SessionCore.blocking_done`;
 * ``NEED_DATA`` — nothing more until more bytes arrive.
+
+The driver sets :attr:`SessionCore.now` (its monotonic clock, seconds) before each
+:meth:`SessionCore.receive_data`, so a core that needs the time reads it without owning a clock.
 
 Timeouts and shutdown are decided by the driver, which asks the core for the right line
 (:meth:`timeout_reply`, :meth:`shutdown_reply`) and whether now is a point where the protocol allows
@@ -16,8 +21,11 @@ interrupting (:attr:`interruptible`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
+
+from ..errors import LocalProtocolError
 
 
 class _NeedData:
@@ -41,7 +49,19 @@ class StartTls:
     reply: bytes
 
 
-Event = Send | StartTls | _NeedData
+@dataclass(slots=True)
+class Blocking:
+    """Work that must not run on the event loop: ``fn(*args)`` in a thread.
+
+    The driver pauses reading until the result is handed back through
+    :meth:`SessionCore.blocking_done`; a core emits nothing after a ``Blocking`` until then.
+    """
+
+    fn: Callable[..., Any]
+    args: tuple = ()
+
+
+Event = Send | StartTls | Blocking | _NeedData
 
 
 @dataclass(slots=True)
@@ -58,6 +78,8 @@ class SessionContext:
     tls_active: bool = False
     tls_version: str | None = None
     tls_cipher: str | None = None
+    span_id: int = 0  # the connection's SpanId, for the events a core emits
+    started: float = 0.0  # driver clock (seconds) when the connection was accepted
     extra: dict = field(default_factory=dict)
 
 
@@ -74,6 +96,8 @@ class SessionCore(ABC):
         #: set by the driver when the server is shutting down or retiring this worker: a core that
         #: answers one more request (HTTP) says it will close (``Connection: close``)
         self.draining = False
+        #: the driver's monotonic clock in seconds, set before every :meth:`receive_data`
+        self.now = ctx.started
 
     # -- called by the driver --------------------------------------------------------------
     def greeting(self) -> bytes:
@@ -94,6 +118,10 @@ class SessionCore(ABC):
         self.ctx.tls_active = True
         self.ctx.tls_version = version
         self.ctx.tls_cipher = cipher
+
+    def blocking_done(self, result: Any, error: BaseException | None) -> None:
+        """The outcome of the last :class:`Blocking` job: its return value, or the exception it raised."""
+        raise LocalProtocolError(f"{type(self).__name__} did not ask for blocking work")
 
     @property
     def interruptible(self) -> bool:
