@@ -79,6 +79,9 @@ def cli_main(argv: list[str] | None = None) -> int:
                         ("status", "show workers and connection counts"),
                         ("stop", "graceful shutdown (same as SIGTERM)")):
         _common(sub.add_parser(name, help=help_), suppress=True)
+    dns = sub.add_parser("dns-records", help="print the autoconfig DNS records to publish for DOMAIN")
+    _common(dns, suppress=True)
+    dns.add_argument("domain")
     for kind in ("blocked", "allowed"):
         p = sub.add_parser(kind, help=f"list or change the {kind} IP list (live, persistent)")
         _common(p, suppress=True)
@@ -97,6 +100,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     payload: dict = {}
     command = args.command
+    if command == "dns-records":
+        return _dns_records(args)
     if command in ("blocked", "allowed"):
         command = f"{args.command}.{args.action}"
         if args.action in ("add", "remove"):
@@ -129,6 +134,21 @@ def cli_main(argv: list[str] | None = None) -> int:
     else:
         print(f"stalwart-cli: {reply.get('error', 'failed')}", file=sys.stderr)
     return 0 if reply.get("ok") else 1
+
+
+def _dns_records(args) -> int:
+    """http.md §9: computed from the configuration file offline; no running server needed."""
+    from .config.types import parse_hostname
+    from .protocols.http.dns import records, zone_lines
+
+    try:
+        domain = parse_hostname(args.domain)
+        cfg = load(args.config) if getattr(args, "config", None) else parse_bytes(default_bytes(), "<embedded default>")
+    except (ConfigError, ValueError) as exc:
+        print(f"stalwart-cli: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(zone_lines(records(cfg, domain))))
+    return 0
 
 
 if __name__ == "__main__":
