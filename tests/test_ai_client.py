@@ -1,0 +1,255 @@
+"""The OpenAI-compatible client against a local server: request shapes, headers, reuse, failures."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import msgspec
+import pytest
+
+from stalwart.config import parse_bytes
+from stalwart.config.types import dec_hook
+from stalwart.errors import ConfigError
+from stalwart.services.ai import (AiModelClient, AiModels, AiResponseError, AiStatusError, AiTimeout,
+                                  AiTransportError)
+from stalwart.services.ai.client import MAX_IN_FLIGHT, build_headers
+from stalwart.services.ai.config import AiModel, SpamLlmDisable, SpamLlmEnable
+from stalwart.services.license import EnterpriseRequired
+from test_ai_support import FakeOpenAi
+
+BEARER = {"@type": "Bearer", "bearerToken": {"@type": "Value", "secret": "sk-test"}}
+
+
+def model(url: str, **fields) -> AiModel:
+    doc = {"name": "m", "url": url, "model": "test-model", "httpAuth": BEARER, **fields}
+    return msgspec.convert(doc, AiModel, dec_hook=dec_hook)
+
+
+def allow() -> None:
+    return None
+
+
+def client_for(url: str, gate=allow, **fields) -> AiModelClient:
+    return AiModelClient(model(url, **fields), "$.AiModel[0]", gate=gate)
+
+
+@pytest.fixture
+def srv():
+    with FakeOpenAi() as server:
+        yield server
+
+
+def test_defaults_and_config_paths():
+    cfg = parse_bytes(json.dumps({"AiModel": [{"name": "m", "url": "http://x/", "model": "g",
+                                               "httpAuth": {"@type": "Unauthenticated"}}]}).encode())
+    m = cfg.AiModel[0]
+    assert (m.model_type, m.timeout, m.temperature, m.allow_invalid_certs, m.http_headers, m.id) == \
+        ("Chat", 120000, 0.7, False, {}, "0")
+    assert isinstance(cfg.SpamLlm, SpamLlmDisable)
+    with pytest.raises(ConfigError) as exc:
+        parse_bytes(json.dumps({"AiModel": [{"name": "m", "url": "http://x/", "model": "g", "temperature": 1.5,
+                                             "httpAuth": {"@type": "Unauthenticated"}}]}).encode())
+    assert exc.value.path == "$.AiModel[0].temperature"
+    with pytest.raises(ConfigError) as exc:
+        parse_bytes(json.dumps({"AiModel": [{"name": "m", "url": "http://x/", "model": "g"}]}).encode())
+    assert "httpAuth" in str(exc.value)
+    llm = parse_bytes(json.dumps({"SpamLlm": {"@type": "Enable", "modelId": "0", "prompt": "p",
+                                              "confidence": {"High": True, "Low": True}}}).encode()).SpamLlm
+    assert isinstance(llm, SpamLlmEnable)
+    assert (llm.temperature, llm.separator, llm.response_pos_category, llm.response_pos_confidence,
+            llm.response_pos_explanation) == (0.5, ",", 0, 1, 2)
+    assert llm.categories == ["Unsolicited", "Commercial", "Harmful", "Legitimate"]
+    assert llm.confidence == ["High", "Low"]
+
+
+def test_chat_request_shape_and_headers(srv):
+    c = client_for(srv.url("/v1/chat/completions"), httpHeaders={" X-Org ": " acme ", "Authorization": "nope"})
+    answer = asyncio.run(c.ask("hello there"))
+    assert answer.text == srv.reply
+    assert answer.usage == {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+    assert answer.event_keys()["TotalTokens"] == 14
+    req = srv.requests[-1]
+    assert req.method == "POST" and req.path == "/v1/chat/completions"
+    assert req.json() == {"model": "test-model", "messages": [{"role": "user", "content": "hello there"}],
+                          "temperature": 0.7}
+    assert req.headers["content-type"] == "application/json"
+    assert req.headers["x-org"] == "acme"
+    assert req.headers["authorization"] == "Bearer sk-test"  # httpAuth replaces the user header
+    assert "user-agent" not in req.headers
+
+
+def test_text_request_shape_and_temperature_clamp(srv):
+    c = client_for(srv.url("/v1/completions"), modelType="Text", temperature=0.2)
+    answer = asyncio.run(c.ask("complete me", temperature=7))
+    assert answer.text == srv.reply
+    assert srv.requests[-1].json() == {"model": "test-model", "prompt": "complete me", "temperature": 1.0,
+                                       "max_tokens": 1024}
+
+
+def test_header_assembly_order_and_basic_auth():
+    m = model("http://127.0.0.1:1/", httpAuth={"@type": "Basic", "username": "u",
+                                                "secret": {"@type": "Value", "secret": "p:w"}},
+              httpHeaders={"content-type": "application/json; charset=utf-8", "X-A": "1"})
+    headers = build_headers(m, "$.AiModel[0]")
+    assert headers == [("content-type", "application/json; charset=utf-8"), ("X-A", "1"),
+                       ("Authorization", "Basic " + base64.b64encode(b"u:p:w").decode())]
+    unauth = model("http://127.0.0.1:1/", httpAuth={"@type": "Unauthenticated"})
+    assert build_headers(unauth, "$") == [("Content-Type", "application/json")]
+
+
+@pytest.mark.parametrize("headers, needle", [({"Bad Name": "x"}, "Invalid header name"),
+                                             ({"X-Ok": "a\r\nInjected: 1"}, "Invalid header value")])
+def test_invalid_header_is_a_build_error(headers, needle):
+    with pytest.raises(ConfigError) as exc:
+        client_for("http://127.0.0.1:1/", httpHeaders=headers)
+    assert needle in exc.value.message and exc.value.path == "$.AiModel[0].httpHeaders"
+
+
+def test_missing_secret_disables_the_model(monkeypatch):
+    monkeypatch.delenv("STALWART_TEST_NO_SUCH_VAR", raising=False)
+    auth = {"@type": "Bearer", "bearerToken": {"@type": "EnvironmentVariable", "variableName": "STALWART_TEST_NO_SUCH_VAR"}}
+    cfg = parse_bytes(json.dumps({"AiModel": [{"name": "m", "url": "http://x/", "model": "g", "httpAuth": auth},
+                                              {"name": "ok", "url": "http://x/", "model": "g",
+                                               "httpAuth": {"@type": "Unauthenticated"}}]}).encode())
+
+    class On:
+        def require(self):
+            return None
+
+        def active(self):
+            return True
+
+    models = AiModels.build(cfg, On())
+    assert list(models.by_name) == ["ok"]
+    assert models.errors[0].path == "$.AiModel[0].httpAuth.bearerToken"
+    assert models.get("") is models.by_name["ok"]
+
+
+def test_connection_reuse(srv):
+    c = client_for(srv.url("/v1/chat/completions"))
+
+    async def run():
+        for _ in range(5):
+            await c.ask("again")
+
+    asyncio.run(run())
+    assert c.http.connections_opened == 1
+    assert len({r.peer for r in srv.requests}) == 1
+
+
+def test_server_closing_each_connection_still_works(srv):
+    c = client_for(srv.url("/close"))
+
+    async def run():
+        return [await c.ask("x") for _ in range(3)]
+
+    assert len(asyncio.run(run())) == 3
+    assert c.http.connections_opened == 3
+
+
+def test_slow_server_times_out_within_the_model_timeout(srv):
+    c = client_for(srv.url("/slow"), timeout=300)
+    started = time.monotonic()
+    with pytest.raises(AiTimeout) as exc:
+        asyncio.run(c.ask("x"))
+    assert time.monotonic() - started < 1.5
+    assert "did not answer within 300 ms" in str(exc.value)
+
+
+def test_500_is_retried_once_then_reported(srv):
+    c = client_for(srv.url("/500"), timeout=5000)
+    with pytest.raises(AiStatusError) as exc:
+        asyncio.run(c.ask("x"))
+    assert exc.value.status == 500
+    assert str(exc.value).startswith(f"OpenAPI request to {srv.url('/500')} failed with code 500 "
+                                     "(Internal Server Error): ")
+    assert "model overloaded" in str(exc.value)
+    assert len(srv.requests) == 2
+
+
+def test_503_then_success_uses_the_retry(srv):
+    c = client_for(srv.url("/flaky"), timeout=5000)
+    answer = asyncio.run(c.ask("x"))
+    assert answer.attempts == 2 and answer.text == srv.reply
+
+
+def test_retry_after_beyond_the_timeout_is_not_waited_for(srv):
+    c = client_for(srv.url("/429"), timeout=2000)
+    started = time.monotonic()
+    with pytest.raises(AiStatusError) as exc:
+        asyncio.run(c.ask("x"))
+    assert exc.value.status == 429 and len(srv.requests) == 1
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("path, needle", [("/malformed", "malformed JSON"), ("/nochoices", "did not contain any choices"),
+                                          ("/nocontent", "empty completion")])
+def test_unusable_2xx_answers(srv, path, needle):
+    c = client_for(srv.url(path))
+    with pytest.raises(AiResponseError) as exc:
+        asyncio.run(c.ask("x"))
+    assert needle in str(exc.value) and "'m'" in str(exc.value)
+
+
+def test_minimal_answer_is_accepted(srv):
+    srv.reply = "just this"
+    assert asyncio.run(client_for(srv.url("/minimal")).ask("x")).text == "just this"
+
+
+def test_self_signed_tls_needs_allow_invalid_certs():
+    with FakeOpenAi(tls=True) as srv:
+        strict = client_for(srv.url("/v1/chat/completions"), timeout=3000)
+        with pytest.raises(AiTransportError) as exc:
+            asyncio.run(strict.ask("x"))
+        assert "TLS" in str(exc.value) or "certificate" in str(exc.value).lower()
+        lax = client_for(srv.url("/v1/chat/completions"), allowInvalidCerts=True)
+        assert asyncio.run(lax.ask("x")).text == srv.reply
+
+
+def test_connection_refused_is_a_transport_error():
+    from harness import free_port
+
+    c = client_for(f"http://127.0.0.1:{free_port()}/v1/chat/completions", timeout=2000)
+    started = time.monotonic()
+    with pytest.raises(AiTransportError) as exc:
+        asyncio.run(c.ask("x"))
+    assert "cannot connect" in str(exc.value)
+    assert time.monotonic() - started < 1.5
+
+
+def test_gate_refuses_before_any_request(srv):
+    def closed():
+        raise EnterpriseRequired("License is expired")
+
+    c = client_for(srv.url("/v1/chat/completions"), gate=closed)
+    with pytest.raises(EnterpriseRequired) as exc:
+        asyncio.run(c.ask("x"))
+    assert "only available in the Enterprise edition" in str(exc.value)
+    assert srv.requests == []
+
+
+def test_at_most_eight_requests_in_flight_per_model(srv):
+    srv.slow_seconds = 0.3
+    c = client_for(srv.url("/slow"), timeout=10000)
+    seen = {"now": 0, "max": 0}
+    real = c.http.request
+
+    async def counting(*args, **kwargs):
+        seen["now"] += 1
+        seen["max"] = max(seen["max"], seen["now"])
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            seen["now"] -= 1
+
+    c.http.request = counting
+
+    async def run():
+        return await asyncio.gather(*(c.ask(str(i)) for i in range(MAX_IN_FLIGHT + 4)))
+
+    answers = asyncio.run(run())
+    assert len(answers) == MAX_IN_FLIGHT + 4
+    assert seen["max"] == MAX_IN_FLIGHT
+    assert srv.max_active <= MAX_IN_FLIGHT
