@@ -4,24 +4,34 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..config import Config
+from ..config.model import NetworkListener
 from .base import NEED_DATA, Send, SessionContext, SessionCore, StartTls
 from .http import HttpService, HttpSession
 from .imap import ImapSession
 from .managesieve import ManageSieveSession
 from .pop3 import Pop3Session
-from .smtp import SmtpSession
+from .mailcommon import MailServices
+from .smtp import MAX_MESSAGE_SIZE, SmtpSession
 
 SessionFactory = Callable[[SessionContext], SessionCore]
 
 
-def session_factory(protocol: str, cfg: Config) -> SessionFactory:
-    """The constructor for one listener protocol, with the timeouts of ``cfg`` bound in."""
+def session_factory(protocol: str, cfg: Config, data_dir: str | None = None,
+                    listener: NetworkListener | None = None) -> SessionFactory:
+    """The constructor for one listener protocol, with the timeouts of ``cfg`` bound in.
+
+    Mail protocols also get the accounts of ``cfg`` and the mail store under ``data_dir``
+    (none: nothing can be delivered or read), and the listener's ``allowPlainTextAuth``."""
     smtp_timeout = int(cfg.MtaInboundSession.timeout)
     imap_timeout = int(cfg.Imap.timeout_anonymous)
-    if protocol == "smtp":
-        return lambda ctx: SmtpSession(ctx, smtp_timeout)
-    if protocol == "lmtp":
-        return lambda ctx: SmtpSession(ctx, smtp_timeout, lmtp=True)
+    plain_auth = bool(listener is not None and listener.allow_plain_text_auth)
+    if protocol in ("smtp", "lmtp"):
+        mail = MailServices.build(cfg, data_dir)
+        mta = cfg.MtaInboundSession
+        size = min(MAX_MESSAGE_SIZE, int(mta.transfer_limit))
+        return lambda ctx: SmtpSession(ctx, smtp_timeout, lmtp=protocol == "lmtp", services=mail,
+                                       max_duration_ms=int(mta.max_duration), max_message_size=size,
+                                       allow_plain_auth=plain_auth)
     if protocol == "imap":
         return lambda ctx: ImapSession(ctx, imap_timeout)
     if protocol == "pop3":

@@ -137,7 +137,7 @@ class Master:
                                           [sockets[a.key()] for a in lst.bind]))
         self.gen_counter += 1
         return GenerationPlan(self.gen_counter, cfg, config_mod.hostname(cfg), config_mod.worker_count(cfg),
-                              listeners, tls=self._build_tls(cfg), extra={"access_db": self.access.path})
+                              listeners, tls=self._build_tls(cfg), extra={"access_db": self.access.path, "data_dir": self.data_dir})
 
     # -- start ---------------------------------------------------------------------------------
     def run(self) -> int:

@@ -51,7 +51,7 @@ class ListenerRuntime:
         self.implicit_tls = cfg.use_tls and cfg.tls_implicit
         self.starttls = cfg.use_tls and not cfg.tls_implicit and cfg.protocol != "http"
         self.tls_timeout = cfg.effective_tls_timeout / 1000.0
-        self.factory = session_factory(cfg.protocol, gen.config)
+        self.factory = session_factory(cfg.protocol, gen.config, data_dir=gen.extra.get("data_dir"), listener=cfg)
         self.sockets = plan.sockets
         # The effective trust list: the listener's override replaces the system list (no merge).
         networks = cfg.override_proxy_trusted_networks or gen.config.SystemSettings.proxy_trusted_networks
