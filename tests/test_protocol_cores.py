@@ -50,13 +50,13 @@ def chunkings(data: bytes, seed: int = 7):
 CORPORA = [
     (lambda: SmtpSession(ctx()),
      b"EHLO client.test\r\nNOOP\r\nRSET\r\nFOO bar\r\nMAIL FROM:<a@b>\r\nHELO x\r\nQUIT\r\n",
-     b"250-mx.example.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n"
-     b"250 STARTTLS\r\n250 2.0.0 OK\r\n250 2.0.0 OK\r\n500 5.5.1 Invalid command.\r\n"
-     b"502 5.5.1 Command not implemented.\r\n250 mx.example.test says hello\r\n221 2.0.0 Bye.\r\n"),
+     b"250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 104857600\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n"
+     b"250-SMTPUTF8\r\n250 STARTTLS\r\n250 2.0.0 OK\r\n250 2.0.0 OK\r\n500 5.5.1 Invalid command.\r\n"
+     b"250 2.1.0 OK\r\n250 mx.example.test says hello\r\n221 2.0.0 Bye.\r\n"),
     (lambda: SmtpSession(ctx(), lmtp=True),
      b"EHLO x\r\nLHLO client.test\r\nQUIT\r\n",
-     b"500 5.5.1 Invalid command.\r\n250-mx.example.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
-     b"250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 STARTTLS\r\n221 2.0.0 Bye.\r\n"),
+     b"500 5.5.1 Invalid command.\r\n250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 104857600\r\n"
+     b"250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 STARTTLS\r\n221 2.0.0 Bye.\r\n"),
     (lambda: ImapSession(ctx(tls_available=False)),
      b"a1 CAPABILITY\r\na2 NOOP\r\na3 LOGIN u p\r\n* bad\r\na4 FROB\r\na5 LOGOUT\r\n",
      b"* CAPABILITY IMAP4rev2 IMAP4rev1 ENABLE SASL-IR LITERAL+ ID LOGINDISABLED\r\na1 OK CAPABILITY completed.\r\n"

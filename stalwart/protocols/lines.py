@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
+from typing import Any
 
-from .base import SessionContext, SessionCore, StartTls
+from .base import Blocking, SessionContext, SessionCore, StartTls
+
+#: a byte reader (SMTP DATA, IMAP and ManageSieve literals): given the buffer and where unread bytes
+#: start, it returns the offset where line parsing resumes, or None when it took every byte
+RawReader = Callable[[bytearray, int], "int | None"]
 
 
 class LineSession(SessionCore):
@@ -12,6 +18,10 @@ class LineSession(SessionCore):
     A line ends at LF (a preceding CR is removed). A line longer than ``max_line`` bytes is drained
     up to its end and answered once through :meth:`line_too_long`, so a flood of bytes without a
     newline costs bounded memory.
+
+    Two states suspend line parsing: a raw reader set with :meth:`_read_raw` takes bytes as they
+    come (message bodies, literals), and a :class:`Blocking` job asked for with :meth:`_block`
+    holds everything until :meth:`blocking_done` (the driver also stops reading meanwhile).
     """
 
     #: RFC 5321 §4.5.3.1.4 allows 512 octets for an SMTP command line; IMAP needs more. Subclasses set it.
@@ -22,18 +32,32 @@ class LineSession(SessionCore):
         self._buf = bytearray()
         self._overflow = False
         self._tls_pending = False
+        self._waiting: Callable[[Any, BaseException | None], None] | None = None
+        self._reader: RawReader | None = None
         self.commands_seen = 0
 
     def receive_data(self, data: bytes) -> None:
         if self.closed or self._tls_pending:
             return
         if not data:
+            self.connection_lost()
             self.closed = True
             return
+        self._buf += data
+        self._process()
+
+    def _process(self) -> None:
         buf = self._buf
-        buf += data
         start = 0
-        while not self.closed and not self._tls_pending:
+        while not self.closed and not self._tls_pending and self._waiting is None:
+            reader = self._reader
+            if reader is not None:
+                nxt = reader(buf, start)
+                if nxt is None:
+                    start = len(buf)
+                    break
+                start = nxt
+                continue
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break
@@ -52,9 +76,31 @@ class LineSession(SessionCore):
             buf.clear()
             return
         del buf[:start]
-        if len(buf) > self.max_line:
+        if self._reader is None and self._waiting is None and len(buf) > self.max_line:
             self._overflow = True
             buf.clear()
+
+    def _read_raw(self, reader: RawReader | None) -> None:
+        """Hand the following bytes to ``reader`` until it returns an offset (None: lines again)."""
+        self._reader = reader
+
+    def _block(self, fn: Callable[..., Any], args: tuple, then: Callable[[Any, BaseException | None], None]) -> None:
+        """Run ``fn(*args)`` off the event loop; ``then(result, error)`` continues the session."""
+        self._waiting = then
+        self._events.append(Blocking(fn, args))
+
+    def blocking_done(self, result: Any, error: BaseException | None) -> None:
+        then, self._waiting = self._waiting, None
+        if then is None:
+            super().blocking_done(result, error)
+            return
+        then(result, error)
+        if not self.closed and not self._tls_pending:
+            self._process()  # commands pipelined behind the one that waited
+
+    @property
+    def interruptible(self) -> bool:
+        return self._waiting is None and self._reader is None
 
     def _start_tls(self, reply: bytes) -> None:
         self._tls_pending = True
@@ -64,6 +110,9 @@ class LineSession(SessionCore):
         super().tls_started(version, cipher)
         self._tls_pending = False
         self._buf.clear()
+
+    def connection_lost(self) -> None:
+        """The peer closed its side (EOF). Subclasses note an unfinished transfer here."""
 
     @abstractmethod
     def handle_line(self, line: bytes) -> None:

@@ -1,25 +1,99 @@
-"""SMTP and LMTP session core (RFC 5321, RFC 2033, RFC 3207 STARTTLS).
+"""SMTP and LMTP session core: final delivery into local Maildirs.
 
-This core implements the connection-level dialogue: greeting, EHLO/HELO/LHLO, NOOP, RSET, HELP,
-STARTTLS, QUIT, idle-timeout and shutdown lines (network.md §8). Mail transactions (MAIL, RCPT,
-DATA) are answered ``502 5.5.1`` until the mail session issue adds them.
+RFC 5321 (commands, replies, DATA), RFC 2033 (LMTP: LHLO, one reply per recipient), RFC 3207
+(STARTTLS), RFC 4954 (AUTH PLAIN/LOGIN), RFC 1870 (SIZE), RFC 2920 (PIPELINING), RFC 3463 (enhanced
+status codes), RFC 6409 (submission: relaying only for authenticated sessions).
+
+Recipients in a local ``Domain`` must belong to an ``Account`` (``550 5.1.1``); other domains are
+refused to anonymous clients (``554 5.7.1 Relay access denied``) and, since this server has no
+outbound queue, answered ``451`` for authenticated ones. An accepted message gets a ``Received:``
+header and is stored in each recipient's Maildir by a :class:`~.base.Blocking` job; the ``250``
+(or LMTP's per-recipient replies) goes out only once the job has fsynced it.
 """
 from __future__ import annotations
 
+import errno
+import re
+from typing import TYPE_CHECKING
+
+from .. import events
+from ..accounts import AccountEntry, sasl
+from . import mailcommon
 from .base import SessionContext
 from .lines import LineSession
+from .mailcommon import MailServices
+
+if TYPE_CHECKING:
+    from ..mailstore import MailStore
+
+#: RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients per message
+MAX_RECIPIENTS = 100
+#: message size limit (RFC 1870 SIZE); the reference default is 100 MiB
+MAX_MESSAGE_SIZE = 104857600
+#: bad commands (unknown verb, bad syntax) before ``451 4.3.0 Too many errors``
+MAX_ERRORS = 10
+#: failed recipients before disconnecting (security.md §4 "rcpt_errors_max")
+MAX_RCPT_ERRORS = 10
+
+_PATH_RE = re.compile(rb"^<(?:@[^:<>]+:)?([^<>\s]*)>(.*)$")  # RFC 5321 §4.1.2 Path, source route dropped
+_LOCAL_RE = re.compile(r"^(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~\x80-\U0010ffff-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~"
+                       r"\x80-\U0010ffff-]+)*|\"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*\")$")
+_DOMAIN_RE = re.compile(r"^(?:[A-Za-z0-9\x80-\U0010ffff](?:[A-Za-z0-9\x80-\U0010ffff-]{0,61}"
+                        r"[A-Za-z0-9\x80-\U0010ffff])?\.)*[A-Za-z0-9\x80-\U0010ffff](?:[A-Za-z0-9\x80-\U0010ffff-]"
+                        r"{0,61}[A-Za-z0-9\x80-\U0010ffff])?$|^\[[^\[\]\s]+\]$")
+_HELO_RE = re.compile(rb"^[\x21-\x7e\x80-\xff]{1,255}$")
+
+
+def parse_mailbox(text: str) -> str | None:
+    """``local@domain`` when ``text`` is an RFC 5321 §4.1.2 Mailbox (UTF-8 allowed, RFC 6531)."""
+    if len(text) > 254:
+        return None
+    local, at, domain = text.rpartition("@")
+    if not at or not local or len(local) > 64 or not _LOCAL_RE.match(local) or not _DOMAIN_RE.match(domain):
+        return None
+    return f"{local}@{domain.lower()}"
+
+
+def deliver_job(store: MailStore, header: bytes, body: bytes, accounts: list[str]) -> dict:
+    """Blocking job: prepend ``Received:`` (dated here, not in the clock-free core) and store."""
+    message = header + mailcommon.rfc5322_date().encode() + b"\r\n" + body
+    return store.deliver(message, accounts)
 
 
 class SmtpSession(LineSession):
     event_group = "smtp"
-    max_line = 512  # RFC 5321 §4.5.3.1.4: command line limit, including CRLF
+    max_line = 4096  # RFC 5321 §4.5.3.1.4 asks for at least 512; RFC 4954 §4 AUTH lines run longer
 
-    def __init__(self, ctx: SessionContext, timeout_ms: int = 300000, lmtp: bool = False):
+    def __init__(self, ctx: SessionContext, timeout_ms: int = 300000, lmtp: bool = False, *,
+                 services: MailServices | None = None, max_duration_ms: int = 600000,
+                 max_message_size: int = MAX_MESSAGE_SIZE, max_recipients: int = MAX_RECIPIENTS,
+                 max_errors: int = MAX_ERRORS, max_rcpt_errors: int = MAX_RCPT_ERRORS,
+                 allow_plain_auth: bool = False):
         super().__init__(ctx)
         self.lmtp = lmtp
         self._timeout_ms = timeout_ms
+        self.services = services or MailServices()
+        self.max_duration = max_duration_ms / 1000.0
+        self.max_message_size = max_message_size
+        self.max_recipients = max_recipients
+        self.max_errors = max_errors
+        self.max_rcpt_errors = max_rcpt_errors
+        self.allow_plain_auth = allow_plain_auth
         self.helo: str | None = None
+        self.account: AccountEntry | None = None
+        self.errors = 0
+        self.rcpt_errors = 0
+        self.auth_failures = 0
+        self._sasl: tuple[str, str | None] | None = None  # (mechanism, LOGIN user name once known)
+        self._reset_transaction()
 
+    def _reset_transaction(self) -> None:
+        self.mail_from: str | None = None
+        self.rcpts: list[tuple[str, AccountEntry]] = []
+        self._data = bytearray()
+        self._oversize = False
+
+    # -- session interface ---------------------------------------------------------------------
     @property
     def idle_timeout_ms(self) -> int:
         return self._timeout_ms
@@ -28,56 +102,356 @@ class SmtpSession(LineSession):
         kind = "LMTP" if self.lmtp else "ESMTP"
         return f"220 {self.ctx.hostname} Stalwart {kind} at your service\r\n".encode()
 
+    def receive_data(self, data: bytes) -> None:
+        # security.md §4 loitering: data read after start + maxDuration ends the session.
+        if data and not self.closed and self.now - self.ctx.started > self.max_duration:
+            events.emit("smtp.time-limit-exceeded", SpanId=self.ctx.span_id, RemoteIp=self.ctx.remote_ip)
+            self._send(f"421 4.3.2 {self.ctx.hostname} Session open for too long.\r\n".encode(), close=True)
+            return
+        super().receive_data(data)
+
+    def tls_started(self, version: str, cipher: str) -> None:
+        super().tls_started(version, cipher)
+        # RFC 3207 §4.2: discard everything learnt from the client; it must EHLO again.
+        self.helo = None
+        self.account = None
+        self._sasl = None
+        self._reset_transaction()
+
+    def line_too_long(self) -> None:
+        self._error(b"500 5.5.2 Line too long.\r\n")
+
+    def timeout_reply(self) -> bytes:
+        if self.commands_seen == 0:
+            mailcommon.loitering(self.ctx, self.event_group)
+        return f"421 4.4.2 {self.ctx.hostname} Disconnecting inactive client.\r\n".encode()
+
+    def shutdown_reply(self) -> bytes:
+        return f"421 4.3.0 {self.ctx.hostname} Server shutting down.\r\n".encode()
+
+    # -- capability -----------------------------------------------------------------------------
+    def auth_offered(self) -> bool:
+        """RFC 4954 §4 and issue 5: AUTH only over TLS (ours or a PROXY header's), or when the
+        listener allows plain-text authentication; never on LMTP; never twice."""
+        return (not self.lmtp and self.account is None
+                and (self.ctx.tls_active or self.allow_plain_auth))
+
     def _ehlo_reply(self) -> bytes:
-        lines = [self.ctx.hostname, "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+        lines = [self.ctx.hostname, "PIPELINING", f"SIZE {self.max_message_size}", "8BITMIME",
+                 "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+        if self.auth_offered():
+            lines.append("AUTH " + " ".join(sasl.MECHANISMS))
         if self.ctx.tls_available and not self.ctx.tls_active:
             lines.append("STARTTLS")
         out = [f"250-{x}\r\n" for x in lines[:-1]] + [f"250 {lines[-1]}\r\n"]
         return "".join(out).encode()
 
-    def handle_line(self, line: bytes) -> None:
-        verb, arg = self.split_command(line)
-        if verb == ("LHLO" if self.lmtp else "EHLO"):
-            if not arg.strip():
-                self._send(b"501 5.5.4 Invalid domain name.\r\n")
-                return
-            self.helo = arg.strip().decode("utf-8", "replace")
-            self._send(self._ehlo_reply())
-        elif verb == "HELO" and not self.lmtp:
-            if not arg.strip():
-                self._send(b"501 5.5.4 Invalid domain name.\r\n")
-                return
-            self.helo = arg.strip().decode("utf-8", "replace")
-            self._send(f"250 {self.ctx.hostname} says hello\r\n".encode())
-        elif verb == "QUIT":
-            self._send(b"221 2.0.0 Bye.\r\n", close=True)
-        elif verb == "NOOP":
-            self._send(b"250 2.0.0 OK\r\n")
-        elif verb == "RSET":
-            self._send(b"250 2.0.0 OK\r\n")
-        elif verb == "HELP":
-            self._send(b"250 2.0.0 Help can be found at https://stalw.art/docs/\r\n")
-        elif verb == "STARTTLS":
-            if self.ctx.tls_active:
-                self._send(b"504 5.7.4 Already in TLS mode.\r\n")
-            elif not self.ctx.tls_available:
-                self._send(b"502 5.7.0 TLS not available.\r\n")
-            else:
-                self._start_tls(b"220 2.0.0 Ready to start TLS.\r\n")
-        elif verb in ("MAIL", "RCPT", "DATA", "BDAT", "AUTH", "VRFY", "EXPN", "ETRN", "BURL"):
-            self._send(b"502 5.5.1 Command not implemented.\r\n")
+    # -- errors ---------------------------------------------------------------------------------
+    def _error(self, reply: bytes) -> None:
+        """A command that does not parse: counted for scanning before authentication
+        (security.md §4), and the session ends after ``max_errors``."""
+        self.errors += 1
+        if self.account is None:
+            mailcommon.invalid_command(self.ctx, self.event_group)
+        if self.errors >= self.max_errors:
+            self._send(b"451 4.3.0 Too many errors, disconnecting.\r\n", close=True)
         else:
-            self._send(b"500 5.5.1 Invalid command.\r\n")
+            self._send(reply)
 
-    def tls_started(self, version: str, cipher: str) -> None:
-        super().tls_started(version, cipher)
-        self.helo = None  # RFC 3207 §4.2: the client must issue EHLO again
+    # -- commands -------------------------------------------------------------------------------
+    def handle_line(self, line: bytes) -> None:
+        if self._sasl is not None:
+            self._sasl_response(line)
+            return
+        verb, arg = self.split_command(line)
+        handler = self._HANDLERS.get(verb)
+        if handler is None or (self.lmtp and verb in ("EHLO", "HELO", "AUTH")) or (not self.lmtp and verb == "LHLO"):
+            self._error(b"500 5.5.1 Invalid command.\r\n")
+            return
+        handler(self, arg)
 
-    def line_too_long(self) -> None:
-        self._send(b"500 5.5.2 Line too long.\r\n")
+    def _cmd_ehlo(self, arg: bytes) -> None:
+        name = arg.strip()
+        if not _HELO_RE.match(name):
+            self._error(b"501 5.5.4 Invalid domain name.\r\n")
+            return
+        self.helo = name.decode("utf-8", "replace")
+        self._reset_transaction()  # RFC 5321 §4.1.4: EHLO implies RSET
+        self._send(self._ehlo_reply())
 
-    def timeout_reply(self) -> bytes:
-        return f"421 4.4.2 {self.ctx.hostname} Disconnecting inactive client.\r\n".encode()
+    def _cmd_helo(self, arg: bytes) -> None:
+        name = arg.strip()
+        if not _HELO_RE.match(name):
+            self._error(b"501 5.5.4 Invalid domain name.\r\n")
+            return
+        self.helo = name.decode("utf-8", "replace")
+        self._reset_transaction()
+        self._send(f"250 {self.ctx.hostname} says hello\r\n".encode())
 
-    def shutdown_reply(self) -> bytes:
-        return f"421 4.3.0 {self.ctx.hostname} Server shutting down.\r\n".encode()
+    def _cmd_quit(self, arg: bytes) -> None:
+        self._send(b"221 2.0.0 Bye.\r\n", close=True)
+
+    def _cmd_noop(self, arg: bytes) -> None:
+        self._send(b"250 2.0.0 OK\r\n")
+
+    def _cmd_rset(self, arg: bytes) -> None:
+        self._reset_transaction()
+        self._send(b"250 2.0.0 OK\r\n")
+
+    def _cmd_help(self, arg: bytes) -> None:
+        self._send(b"250 2.0.0 Help can be found at https://stalw.art/docs/\r\n")
+
+    def _cmd_vrfy(self, arg: bytes) -> None:
+        # RFC 5321 §3.5.3: 252 when the server will not verify; address harvesting gets nothing.
+        self._send(b"252 2.5.1 VRFY is disabled.\r\n")
+
+    def _cmd_expn(self, arg: bytes) -> None:
+        self._send(b"252 2.5.1 EXPN is disabled.\r\n")
+
+    def _cmd_unsupported(self, arg: bytes) -> None:
+        self._send(b"502 5.5.1 Command not implemented.\r\n")
+
+    def _cmd_starttls(self, arg: bytes) -> None:
+        if self.ctx.tls_active:
+            self._send(b"504 5.7.4 Already in TLS mode.\r\n")
+        elif not self.ctx.tls_available:
+            self._send(b"502 5.7.0 TLS not available.\r\n")
+        else:
+            self._start_tls(b"220 2.0.0 Ready to start TLS.\r\n")
+
+    def _cmd_mail(self, arg: bytes) -> None:
+        if self.helo is None:
+            self._send(b"503 5.5.1 Polite people say EHLO first.\r\n")
+            return
+        if self.mail_from is not None:
+            self._send(b"503 5.5.1 Multiple MAIL commands not allowed.\r\n")
+            return
+        if arg[:5].upper() != b"FROM:":
+            self._error(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n")
+            return
+        m = _PATH_RE.match(arg[5:].lstrip(b" "))
+        if m is None:
+            self._error(b"501 5.1.7 Bad sender address syntax.\r\n")
+            return
+        try:
+            path = m.group(1).decode("utf-8")
+        except UnicodeDecodeError:
+            self._error(b"501 5.1.7 Bad sender address syntax.\r\n")
+            return
+        sender = "" if path == "" else parse_mailbox(path)
+        if sender is None:
+            self._error(b"501 5.1.7 Bad sender address syntax.\r\n")
+            return
+        for param in m.group(2).split():
+            key, _, value = param.partition(b"=")
+            key = key.upper()
+            if key == b"SIZE" and value.isdigit() and len(value) <= 20:
+                if int(value) > self.max_message_size:
+                    self._send(b"552 5.3.4 Message too big for system.\r\n")
+                    return
+            elif key == b"BODY" and value.upper() in (b"7BIT", b"8BITMIME"):
+                pass
+            elif key == b"SMTPUTF8" and not value:
+                pass
+            elif key == b"AUTH" and value:
+                pass  # RFC 4954 §5: the submitter's identity, informational only here
+            else:
+                self._send(b"555 5.5.4 Unsupported parameter.\r\n")
+                return
+        self.mail_from = sender
+        self._send(b"250 2.1.0 OK\r\n")
+
+    def _cmd_rcpt(self, arg: bytes) -> None:
+        if self.mail_from is None:
+            self._send(b"503 5.5.1 MAIL is required first.\r\n")
+            return
+        if arg[:3].upper() != b"TO:":
+            self._error(b"501 5.5.4 Syntax: RCPT TO:<address>\r\n")
+            return
+        m = _PATH_RE.match(arg[3:].lstrip(b" "))
+        try:
+            path = m.group(1).decode("utf-8") if m is not None else ""
+        except UnicodeDecodeError:
+            path = ""
+        directory = self.services.directory
+        if path.lower() == "postmaster" and directory.domains:
+            path = "postmaster@" + min(directory.domains)  # RFC 5321 §4.5.1: always accepted
+        rcpt = parse_mailbox(path) if path else None
+        if rcpt is None or (m is not None and m.group(2).strip()):
+            self._error(b"501 5.1.3 Bad recipient address syntax.\r\n")
+            return
+        if len(self.rcpts) >= self.max_recipients:
+            self._send(b"452 4.5.3 Too many recipients.\r\n")
+            return
+        domain = rcpt.rpartition("@")[2]
+        if directory.is_local_domain(domain):
+            account = directory.recipient(rcpt)
+            if account is not None:
+                self.rcpts.append((rcpt, account))
+                self._send(b"250 2.1.5 OK\r\n")
+                return
+            events.emit("smtp.mailbox-does-not-exist", SpanId=self.ctx.span_id, RemoteIp=self.ctx.remote_ip, To=rcpt)
+            self._rcpt_failed(b"550 5.1.1 Mailbox does not exist.\r\n")
+        elif self.account is not None:
+            # Authenticated submission may relay (RFC 6409), but there is no outbound queue here:
+            # say so with a temporary failure rather than accept mail nobody will deliver.
+            self._send(b"451 4.4.0 Relaying is not available on this server.\r\n")
+        else:
+            events.emit("smtp.relay-not-allowed", SpanId=self.ctx.span_id, RemoteIp=self.ctx.remote_ip, To=rcpt)
+            self._rcpt_failed(b"554 5.7.1 Relay access denied.\r\n")
+
+    def _rcpt_failed(self, reply: bytes) -> None:
+        self.rcpt_errors += 1
+        self._send(reply)
+        if self.rcpt_errors >= self.max_rcpt_errors:
+            self._send(b"451 4.3.0 Too many errors, disconnecting.\r\n", close=True)
+
+    def _cmd_data(self, arg: bytes) -> None:
+        if arg.strip():
+            self._error(b"501 5.5.4 DATA takes no arguments.\r\n")
+        elif self.mail_from is None:
+            self._send(b"503 5.5.1 MAIL is required first.\r\n")
+        elif not self.rcpts:
+            self._send(b"554 5.5.1 No valid recipients.\r\n")
+        elif self.services.store is None:
+            self._send(b"451 4.3.0 No mail store is configured.\r\n")
+        else:
+            self._send(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n")
+            # The CRLF that ended the DATA line starts the first body line: the terminator is
+            # always CRLF "." CRLF, also for an empty body (RFC 5321 §4.1.1.4). Bare LF "." LF
+            # never ends the message (SMTP smuggling).
+            self._data = bytearray(b"\r\n")
+            self._read_raw(self._read_data)
+
+    # -- DATA -----------------------------------------------------------------------------------
+    def _read_data(self, buf: bytearray, start: int) -> int | None:
+        data = self._data
+        prior = len(data)
+        data += memoryview(buf)[start:]
+        end = data.find(b"\r\n.\r\n", max(0, prior - 4))
+        if end < 0:
+            if len(data) > self.max_message_size + 2:
+                # Oversized: drain what comes, answer once at the end (STYLE.md). Keep the tail
+                # that may hold the start of the terminator.
+                self._oversize = True
+                del data[:-4]
+            return None
+        consumed = start + (end + 5 - prior)
+        self._read_raw(None)
+        if self._oversize or end > self.max_message_size + 2:
+            self._reset_transaction()
+            self._send(b"552 5.3.4 Message too big for system.\r\n")
+            return consumed
+        # RFC 5321 §4.5.2: a leading "." on a line was added by the client; remove it.
+        body = bytes(data[:end + 2]).replace(b"\r\n.", b"\r\n")[2:]
+        self._data = bytearray()
+        accounts = [acct.name for _, acct in self.rcpts]
+        self._block(deliver_job, (self.services.store, self._received_header(), body, accounts), self._delivered)
+        return consumed
+
+    def _received_header(self) -> bytes:
+        """RFC 5321 §4.4 trace header, with the RFC 3848 protocol keyword; dated by the job."""
+        ctx = self.ctx
+        proto = "LMTP" if self.lmtp else "ESMTP"
+        if ctx.tls_active:
+            proto += "S"
+        if self.account is not None:
+            proto += "A"
+        tls = f"\r\n\t(using {ctx.tls_version} with cipher {ctx.tls_cipher})" if ctx.tls_active else ""
+        helo = re.sub(r"[^\x21-\x7e]", "?", self.helo or "unknown")[:255]
+        for_ = f"\r\n\tfor <{self.rcpts[0][0]}>" if len(self.rcpts) == 1 else ""
+        return (f"Received: from {helo} ([{ctx.remote_ip}]){tls}\r\n\tby {ctx.hostname} (Stalwart) "
+                f"with {proto}{for_};\r\n\t").encode("utf-8", "replace")
+
+    def _delivered(self, outcome: dict | None, error: BaseException | None) -> None:
+        rcpts = self.rcpts
+        self._reset_transaction()
+        if error is not None or outcome is None:
+            outcome = {acct.name: error or OSError("delivery failed") for _, acct in rcpts}
+        if not self.lmtp:
+            if all(v is None for v in outcome.values()):
+                self._send(b"250 2.0.0 Message accepted for delivery.\r\n")
+            else:
+                self._send(b"451 4.3.0 Could not store the message, try again later.\r\n")
+            return
+        # RFC 2033 §4.2: one reply per successful RCPT, in RCPT order.
+        out = []
+        for addr, acct in rcpts:
+            err = outcome.get(acct.name)
+            if err is None:
+                out.append(f"250 2.1.5 <{addr}> delivered.\r\n")
+            elif isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                out.append(f"452 4.2.2 <{addr}> mailbox is full.\r\n")
+            else:
+                out.append(f"451 4.3.0 <{addr}> temporary failure, try again later.\r\n")
+        self._send("".join(out).encode())
+
+    # -- AUTH (RFC 4954) ------------------------------------------------------------------------
+    def _cmd_auth(self, arg: bytes) -> None:
+        if self.account is not None:
+            self._send(b"503 5.5.1 Already authenticated.\r\n")
+            return
+        if self.helo is None:
+            self._send(b"503 5.5.1 Polite people say EHLO first.\r\n")
+            return
+        if self.mail_from is not None:
+            self._send(b"503 5.5.1 AUTH is not allowed during a mail transaction.\r\n")
+            return
+        if not self.auth_offered():
+            self._send(b"538 5.7.11 Encryption required for requested authentication mechanism.\r\n")
+            return
+        mech, _, initial = arg.strip().partition(b" ")
+        mech = mech.upper().decode("ascii", "replace")
+        if mech not in sasl.MECHANISMS:
+            self._error(b"504 5.5.4 Mechanism not supported.\r\n")
+            return
+        self._sasl = (mech, None)
+        if initial:
+            self._sasl_response(initial)
+        elif mech == "PLAIN":
+            self._send(b"334 \r\n")
+        else:
+            self._send(f"334 {sasl.LOGIN_USERNAME}\r\n".encode())
+
+    def _sasl_response(self, line: bytes) -> None:
+        mech, user = self._sasl
+        try:
+            raw = sasl.b64decode(line)
+            if mech == "PLAIN":
+                login, password = sasl.decode_plain(raw)
+            elif user is None:
+                self._sasl = (mech, sasl.decode_login_field(raw))
+                self._send(f"334 {sasl.LOGIN_PASSWORD}\r\n".encode())
+                return
+            else:
+                login, password = user, sasl.decode_login_field(raw)
+        except sasl.SaslCancelled:
+            self._sasl = None
+            self._send(b"501 5.7.0 Authentication cancelled.\r\n")
+            return
+        except sasl.SaslError:
+            self._sasl = None
+            self._error(b"501 5.5.2 Cannot decode the response.\r\n")
+            return
+        self._sasl = None
+        self._login = login
+        self._block(mailcommon.authenticate, (self.services.directory, login, password), self._auth_result)
+
+    def _auth_result(self, account: AccountEntry | None, error: BaseException | None) -> None:
+        if account is not None and error is None:
+            self.account = account
+            self._send(b"235 2.7.0 Authentication succeeded.\r\n")
+            return
+        mailcommon.auth_failed(self.ctx, self.event_group, self._login)
+        self.auth_failures += 1
+        if self.auth_failures >= self.services.max_auth_failures:
+            self._send(b"421 4.7.0 Too many authentication errors, disconnecting.\r\n", close=True)
+        else:
+            self._send(b"535 5.7.8 Authentication credentials invalid.\r\n")
+
+    _HANDLERS = {
+        "EHLO": _cmd_ehlo, "LHLO": _cmd_ehlo, "HELO": _cmd_helo, "QUIT": _cmd_quit, "NOOP": _cmd_noop,
+        "RSET": _cmd_rset, "HELP": _cmd_help, "VRFY": _cmd_vrfy, "EXPN": _cmd_expn, "STARTTLS": _cmd_starttls,
+        "MAIL": _cmd_mail, "RCPT": _cmd_rcpt, "DATA": _cmd_data, "AUTH": _cmd_auth,
+        "BDAT": _cmd_unsupported, "ETRN": _cmd_unsupported, "BURL": _cmd_unsupported,
+    }

@@ -1,0 +1,69 @@
+"""What the mail protocol cores share: the account directory and mail store they serve, the
+security events they report (security.md §4, §8), and the blocking jobs they hand to the driver.
+
+Events reported by the cores, for the auto-ban layer (keys are PascalCase):
+
+* ``auth.failed`` {SpanId, ListenerId, RemoteIp, AccountName, Protocol} — a failed login;
+* ``smtp.mailbox-does-not-exist`` / ``smtp.relay-not-allowed`` {SpanId, RemoteIp, To} — a failed RCPT;
+* ``<group>.invalid-command`` {SpanId, RemoteIp, Reason} — a command that does not parse, sent
+  before authentication (Reason ``Invalid SMTP command``, ``Invalid IMAP command``, …);
+* ``smtp.time-limit-exceeded`` {SpanId, RemoteIp} — data after ``MtaInboundSession.maxDuration``;
+* ``<group>.loitering`` {SpanId, RemoteIp} — the idle timeout hit a session that never completed a
+  command line.
+"""
+from __future__ import annotations
+
+import email.utils
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .. import events
+from ..accounts import AccountEntry, Directory
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..mailstore import MailStore
+    from .base import SessionContext
+
+SCAN_REASONS = {"smtp": "Invalid SMTP command", "imap": "Invalid IMAP command", "pop3": "Invalid POP3 command",
+                "manage-sieve": "Invalid ManageSieve command"}
+
+
+@dataclass(slots=True)
+class MailServices:
+    """One configuration generation's accounts and storage, shared by a worker's sessions."""
+
+    directory: Directory = field(default_factory=lambda: Directory(set(), []))
+    store: MailStore | None = None
+    max_auth_failures: int = 3  # Imap.maxAuthFailures: then the session is closed (security.md §4)
+    timeout_authenticated_ms: int = 1800000  # Imap.timeoutAuthenticated
+
+    @classmethod
+    def build(cls, cfg: Config, data_dir: str | None) -> MailServices:
+        from ..mailstore import MailStore
+
+        return cls(Directory.from_config(cfg), MailStore(data_dir) if data_dir else None,
+                   cfg.Imap.max_auth_failures, int(cfg.Imap.timeout_authenticated))
+
+
+def authenticate(directory: Directory, login: str, password: str) -> AccountEntry | None:
+    """Blocking job: the key derivation runs in a thread (tens of milliseconds)."""
+    return directory.authenticate(login, password)
+
+
+def auth_failed(ctx: SessionContext, group: str, login: str) -> None:
+    events.emit("auth.failed", SpanId=ctx.span_id, ListenerId=ctx.listener, RemoteIp=ctx.remote_ip,
+                AccountName=login, Protocol=group)
+
+
+def invalid_command(ctx: SessionContext, group: str) -> None:
+    events.emit(f"{group}.invalid-command", SpanId=ctx.span_id, RemoteIp=ctx.remote_ip, Reason=SCAN_REASONS[group])
+
+
+def loitering(ctx: SessionContext, group: str) -> None:
+    events.emit(f"{group}.loitering", SpanId=ctx.span_id, RemoteIp=ctx.remote_ip)
+
+
+def rfc5322_date() -> str:
+    """The current local time as an RFC 5322 §3.3 date (runs inside blocking jobs, not in a core)."""
+    return email.utils.formatdate(localtime=True)

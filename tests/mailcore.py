@@ -1,0 +1,92 @@
+"""Helpers for the mail protocol core tests: a directory with cheap hashes, a mail store in a
+temporary directory, and a driver loop that runs Blocking jobs inline."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from stalwart import events
+
+from stalwart.accounts import Directory, hash_password, parse_hash
+from stalwart.accounts.directory import AccountEntry
+from stalwart.mailstore import MailStore
+from stalwart.protocols.base import NEED_DATA, Blocking, Send, SessionContext, StartTls
+from stalwart.protocols.mailcommon import MailServices
+
+PASSWORDS = {"jane": "jane-secret", "bob": "bob-secret"}
+
+
+def directory() -> Directory:
+    accounts = [
+        AccountEntry("jane", ("jane@example.org", "j.doe@example.net"), parse_hash(hash_password("jane-secret", ln=4))),
+        AccountEntry("bob", ("bob@example.org",), parse_hash(hash_password("bob-secret", "pbkdf2-sha256", iterations=1000))),
+    ]
+    return Directory({"example.org", "example.net"}, accounts)
+
+
+def services(tmp_path, **kw) -> MailServices:
+    return MailServices(directory(), MailStore(str(tmp_path)), **kw)
+
+
+def ctx(**kw) -> SessionContext:
+    base = dict(hostname="mx.example.test", listener="l", protocol="smtp", remote_ip="192.0.2.1",
+                remote_port=4000, local_port=25, tls_available=True)
+    base.update(kw)
+    return SessionContext(**base)
+
+
+def drive(core, chunks, now: float | None = None) -> list:
+    """Feed ``chunks``; run every Blocking job inline as the driver would in a thread."""
+    out = []
+    for chunk in chunks:
+        if now is not None:
+            core.now = now
+        core.receive_data(chunk)
+        pump(core, out)
+    return out
+
+
+def pump(core, out: list) -> None:
+    for _ in range(100000):
+        ev = core.next_event()
+        if ev is NEED_DATA:
+            return
+        if isinstance(ev, Blocking):
+            try:
+                result, error = ev.fn(*ev.args), None
+            except Exception as exc:  # noqa: BLE001 - handed to the core like the driver does
+                result, error = None, exc
+            core.blocking_done(result, error)
+        else:
+            out.append(ev)
+    raise AssertionError("core produced events forever")
+
+
+def replies(events) -> bytes:
+    return b"".join(e.data if isinstance(e, Send) else e.reply for e in events if isinstance(e, (Send, StartTls)))
+
+
+def chunkings(data: bytes, seed: int = 7):
+    yield [data]
+    yield [data[i:i + 1] for i in range(len(data))]
+    rnd = random.Random(seed)
+    for _ in range(4):
+        parts, i = [], 0
+        while i < len(data):
+            n = rnd.randint(1, 13)
+            parts.append(data[i:i + n])
+            i += n
+        yield parts
+
+
+@pytest.fixture
+def emitted(monkeypatch):
+    """Events emitted during the test, as (name, keys) pairs."""
+    seen: list[tuple[str, dict]] = []
+    monkeypatch.setattr(events, "emit", lambda name, level=None, **keys: seen.append((name, keys)))
+    return seen
+
+
+def names(seen) -> list[str]:
+    return [n for n, _ in seen]
