@@ -1,0 +1,113 @@
+"""The HTTP core's request pipeline: block check, banned paths, forwarded clients, headers, and fuzzing."""
+import h11
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stalwart.config import Config
+from stalwart.protocols.http import HttpService
+from stalwart.protocols.http.forwarded import pack
+from stalwart.security.access import AccessLists
+from tests.http_util import config, parse, request, session, wire
+
+
+def lists(blocked=(), allowed=()):
+    cfg = config({"BlockedIp": [{"address": a} for a in blocked], "AllowedIp": [{"address": a} for a in allowed]})
+    built = AccessLists.build(cfg)
+    return lambda: built
+
+
+XFF = config({"SystemSettings": {"proxyTrustedNetworks": ["10.0.0.0/8"]}, "Http": {"useXForwarded": True}})
+
+
+def test_blocked_client_gets_403_problem_on_every_request():
+    core = session(HttpService(Config()), remote_ip="198.51.100.5", access=lists(["198.51.100.0/24"]),
+                   packed=pack("198.51.100.5"))
+    out, closed = wire(core, b"GET /healthz/live HTTP/1.1\r\nHost: a\r\n\r\n" * 2)
+    replies = parse(out, ["GET", "GET"])
+    assert [r.status for r in replies] == [403, 403] and not closed
+    assert replies[0].json() == {"type": "about:blank", "status": 403, "title": "Forbidden", "detail": "Forbidden"}
+    assert replies[0].headers["cache-control"] == "no-store"
+
+
+def test_forwarded_client_from_trusted_proxy_is_blocked_untrusted_header_ignored():
+    svc = HttpService(XFF)
+    access = lists(["203.0.113.0/24"])
+    hdr = {"X-Forwarded-For": "203.0.113.7"}
+    assert request(svc, "GET", "/healthz/live", headers=hdr, remote_ip="10.0.0.2", access=access).status == 403
+    # the same header from a client that is not a trusted proxy is ignored
+    assert request(svc, "GET", "/healthz/live", headers=hdr, remote_ip="192.0.2.50", access=access).status == 200
+    # the proxy itself is never blocked, even if listed
+    access = lists(["10.0.0.0/8"])
+    assert request(svc, "GET", "/healthz/live", remote_ip="10.0.0.2", access=access, exempt=False).status == 200
+
+
+def test_forwarded_headers_ignored_when_use_x_forwarded_is_off():
+    svc = HttpService(config({"SystemSettings": {"proxyTrustedNetworks": ["10.0.0.0/8"]}}))
+    reply = request(svc, "GET", "/healthz/live", headers={"X-Forwarded-For": "203.0.113.7"},
+                    remote_ip="10.0.0.2", access=lists(["203.0.113.0/24"]))
+    assert reply.status == 200
+
+
+def test_banned_path_is_404_before_routing_and_allowed_clients_pass():
+    svc = HttpService(Config())
+    reply = request(svc, "GET", "/.well-known/wp-login.php/../user-agent-configuration.json")
+    assert reply.status == 404
+    reply = request(svc, "GET", "/%2e%2e/healthz/live")
+    assert reply.status == 404
+    svc = HttpService(config({"Security": {"scanBanPaths": ["*healthz*"]}}))
+    assert request(svc, "GET", "/healthz/live").status == 404
+    assert request(svc, "GET", "/healthz/live", access=lists(allowed=["192.0.2.9"])).status == 200
+
+
+def test_response_headers_and_hsts_replace_same_named():
+    svc = HttpService(config({"Http": {"responseHeaders": {"Cache-Control": "no-cache", "X-Frame-Options": "DENY"},
+                                       "enableHsts": True}}))
+    reply = request(svc, "GET", "/.well-known/user-agent-configuration.json")
+    assert reply.headers["cache-control"] == "no-cache" and reply.headers["x-frame-options"] == "DENY"
+    assert reply.headers["strict-transport-security"] == "max-age=31536000; includeSubDomains"
+
+
+def test_head_has_gets_headers_without_body():
+    svc = HttpService(Config())
+    for path in ("/mail/config-v1.1.xml", "/healthz/ready", "/nothing"):
+        get, head = request(svc, "GET", path), request(svc, "HEAD", path)
+        assert head.status == get.status and head.body == b""
+        assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.body))
+
+
+def test_chunked_request_body_reaches_autodiscover():
+    body = b"<Autodiscover><Request><EMailAddress>a@example.org</EMailAddress></Request></Autodiscover>"
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    core = session(HttpService(Config()))
+    out, _ = wire(core, b"POST /autodiscover/autodiscover.xml HTTP/1.1\r\nHost: a\r\n"
+                        b"Transfer-Encoding: chunked\r\n\r\n" + chunked)
+    assert b"<LoginName>a@example.org</LoginName>" in parse(out, ["POST"])[0].body
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=200), max_size=6), st.sampled_from([b"", b"GET / HTTP/1.1\r\n", b"POST /a"]))
+def test_random_bytes_get_a_valid_response_or_a_close(chunks, prefix):
+    core = session(HttpService.default())
+    out, closed = b"", False
+    for i, chunk in enumerate(chunks):
+        data, c = wire(core, (prefix if i == 0 else b"") + chunk)
+        out, closed = out + data, closed or c
+    data, c = wire(core, b"")
+    out, closed = out + data, closed or c
+    # whatever was written parses as a sequence of complete HTTP/1.1 responses
+    client = h11.Connection(h11.CLIENT)
+    client.receive_data(out)
+    while out:
+        client.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+        client.send(h11.EndOfMessage())
+        while True:
+            ev = client.next_event()
+            assert ev is not h11.NEED_DATA, out
+            if isinstance(ev, h11.EndOfMessage):
+                break
+        if client.our_state is h11.MUST_CLOSE or client.their_state is h11.MUST_CLOSE:
+            break
+        client.start_next_cycle()
+        if client.their_state is h11.IDLE and not client.trailing_data[0]:
+            break
+    assert closed or not core.closed
