@@ -79,6 +79,16 @@ def cli_main(argv: list[str] | None = None) -> int:
                         ("status", "show workers and connection counts"),
                         ("stop", "graceful shutdown (same as SIGTERM)")):
         _common(sub.add_parser(name, help=help_), suppress=True)
+    acct = sub.add_parser("account", help="manage accounts in the configuration file (live after a reload)")
+    _common(acct, suppress=True)
+    acct_actions = acct.add_subparsers(dest="action", required=True)
+    acct_add = acct_actions.add_parser("add", help="add an account with a password hash to --config FILE")
+    _common(acct_add, suppress=True)
+    acct_add.add_argument("name")
+    acct_add.add_argument("--email", action="append", required=True, metavar="ADDR",
+                          help="an address the account receives (repeatable); its domain becomes local")
+    acct_add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    acct_add.add_argument("--scheme", choices=["scrypt", "pbkdf2-sha256"], default="scrypt")
     dns = sub.add_parser("dns-records", help="print the autoconfig DNS records to publish for DOMAIN")
     _common(dns, suppress=True)
     dns.add_argument("domain")
@@ -102,6 +112,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     command = args.command
     if command == "dns-records":
         return _dns_records(args)
+    if command == "account":
+        return _account(args)
     if command in ("blocked", "allowed"):
         command = f"{args.command}.{args.action}"
         if args.action in ("add", "remove"):
@@ -148,6 +160,33 @@ def _dns_records(args) -> int:
         print(f"stalwart-cli: {exc}", file=sys.stderr)
         return 2
     print("\n".join(zone_lines(records(cfg, domain))))
+    return 0
+
+
+def _account(args) -> int:
+    """``account add``: hash the password and write the account into the configuration file."""
+    import getpass
+
+    from .accounts.admin import add_account
+
+    if not getattr(args, "config", None):
+        print("stalwart-cli: account add needs --config FILE (the file the server loads)", file=sys.stderr)
+        return 2
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if password != getpass.getpass("Repeat it: "):
+            print("stalwart-cli: the passwords differ", file=sys.stderr)
+            return 1
+    try:
+        added = add_account(args.config, args.name, args.email, password, args.scheme)
+    except (ConfigError, OSError) as exc:
+        print(f"stalwart-cli: {exc}", file=sys.stderr)
+        return 1
+    for domain in added:
+        print(f"added Domain {domain}")
+    print(f"added Account {args.name}; send SIGHUP (or run `stalwart-cli reload`) to make it live")
     return 0
 
 
