@@ -104,27 +104,34 @@ class _Ghosts:
         return (((h & _MASK64) * _FIB) & _MASK64) >> 32
 
     def _find(self, tag: int) -> int:
-        """Position of a stamped pair with ``tag``, or NIL."""
+        """Position of the first stamped pair with ``tag`` in its bucket, or NIL."""
         if not self.tags:
             return NIL
-        base = (tag >> self.tag_shift) * WAYS
-        for i in range(base, base + WAYS):
-            if self.stamps[i] and self.tags[i] == tag:
+        tags, stamps = self.tags, self.stamps
+        i = (tag >> self.tag_shift) * WAYS
+        end = i + WAYS
+        # list.index scans in C; this twin is the fallback when extensions are off
+        while True:
+            try:
+                i = tags.index(tag, i, end)
+            except ValueError:
+                return NIL
+            if stamps[i]:
                 return i
-        return NIL
+            i += 1
 
     def _place(self, tag: int, stamp: int) -> None:
-        """Store the pair over the same tag, else over an empty or the oldest pair."""
-        base = (tag >> self.tag_shift) * WAYS
-        victim, oldest = base, -1
-        for i in range(base, base + WAYS):
-            st = self.stamps[i]
-            if st and self.tags[i] == tag:
-                victim = i
-                break
-            age = (self.seq - st) & _MASK32 if st else 1 << 32
-            if age > oldest:
-                victim, oldest = i, age
+        """Store the pair over the first stamped pair with the same tag, else over the first
+        empty pair, else over the first of the oldest pairs (the compiled kernel's order)."""
+        victim = self._find(tag)
+        if victim == NIL:
+            base = (tag >> self.tag_shift) * WAYS
+            stamps = self.stamps
+            try:
+                victim = stamps.index(0, base, base + WAYS)
+            except ValueError:
+                seq = self.seq
+                victim = max(range(base, base + WAYS), key=lambda j: (seq - stamps[j]) & _MASK32)
         self.tags[victim] = tag
         self.stamps[victim] = stamp
 
@@ -398,6 +405,8 @@ class Cache:
         heavier than :attr:`max_entry_weight`, or already expired, is not cached and any older
         entry for the key is removed. Replacing a resident entry counts as a reference to it.
         """
+        if weight is None and ttl is None and expires_at is None and self._weigher is None:
+            return self._store(key, value, 1, INF, False)  # the common call, kept short
         w = self._weigh(key, value, weight)
         return self._store(key, value, w, self._expiry(ttl, expires_at), False)
 
