@@ -64,8 +64,10 @@ CORPORA = [
      b"a4 BAD Unknown command.\r\n* BYE Stalwart IMAP4rev2 bids you farewell.\r\na5 OK LOGOUT completed.\r\n"),
     (lambda: Pop3Session(ctx()),
      b"CAPA\r\nNOOP\r\nUSER x\r\nXYZZY\r\nQUIT\r\n",
-     b"+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nUTF8\r\nSTLS\r\n.\r\n+OK\r\n"
-     b"-ERR [SYS/TEMP] Not available yet.\r\n-ERR Unknown command.\r\n+OK Stalwart POP3 bids you farewell.\r\n"),
+     b"+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nSTLS\r\n"
+     b"IMPLEMENTATION Stalwart\r\n.\r\n+OK\r\n"
+     b"-ERR [AUTH] Plain-text authentication is disabled, use STLS first.\r\n-ERR Unknown command.\r\n"
+     b"+OK Stalwart POP3 bids you farewell.\r\n"),
     (lambda: ManageSieveSession(ctx(tls_available=False)),
      b"NOOP\r\nPUTSCRIPT x\r\nLOGOUT\r\n",
      b'OK "NOOP completed."\r\nNO "Command not available."\r\nOK "Logout complete."\r\n'),

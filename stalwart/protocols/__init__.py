@@ -35,7 +35,8 @@ def session_factory(protocol: str, cfg: Config, data_dir: str | None = None,
     if protocol == "imap":
         return lambda ctx: ImapSession(ctx, imap_timeout)
     if protocol == "pop3":
-        return lambda ctx: Pop3Session(ctx, imap_timeout)
+        mail = MailServices.build(cfg, data_dir)
+        return lambda ctx: Pop3Session(ctx, imap_timeout, services=mail, allow_plain_auth=plain_auth)
     if protocol == "manageSieve":
         return lambda ctx: ManageSieveSession(ctx, imap_timeout)
     if protocol == "http":

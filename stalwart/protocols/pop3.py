@@ -1,56 +1,327 @@
-"""POP3 session core (RFC 1939, RFC 2449 CAPA, RFC 2595 STLS): greeting, CAPA, NOOP, STLS, QUIT.
+"""POP3 session core over the account's Maildir.
 
-Authentication and maildrop commands answer ``-ERR`` until the mail session issue adds them.
+RFC 1939 (USER/PASS, STAT, LIST, UIDL, RETR, TOP, DELE, RSET, NOOP, QUIT; deletions are applied in
+the UPDATE state at QUIT only), RFC 2449 (CAPA, RESP-CODES, PIPELINING), RFC 2595 (STLS), RFC 5034
+(AUTH PLAIN/LOGIN), RFC 3206 (AUTH-RESP-CODE). Credentials are accepted only over TLS unless the
+listener sets ``allowPlainTextAuth``. Disk work (the maildrop listing, reading a message, the
+deletions) runs in :class:`~.base.Blocking` jobs.
 """
 from __future__ import annotations
 
+import re
+from typing import TYPE_CHECKING
+
+from ..accounts import AccountEntry, sasl
+from . import mailcommon
 from .base import SessionContext
 from .lines import LineSession
+from .mailcommon import MailServices
+
+if TYPE_CHECKING:
+    from ..mailstore import Maildir, Message
+
+MAX_ERRORS = 10
+_NEWLINE = re.compile(rb"\r?\n")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _load_maildrop(maildir: Maildir) -> tuple[int, list[Message]]:
+    validity, _next, msgs = maildir.snapshot()
+    return validity, msgs
+
+
+def _quit_job(maildir: Maildir, msgs: list[Message]) -> int:
+    return maildir.remove(msgs)
+
+
+def multiline(data: bytes) -> bytes:
+    """RFC 1939 §3: CRLF line endings, a "." doubled at the start of a line, then CRLF "." CRLF."""
+    data = _LEADING_DOT.sub(b"..", _NEWLINE.sub(b"\r\n", data))
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
 
 
 class Pop3Session(LineSession):
     event_group = "pop3"
     max_line = 255  # RFC 2449 §4: commands are at most 255 octets including CRLF
 
-    def __init__(self, ctx: SessionContext, timeout_ms: int = 60000):
+    def __init__(self, ctx: SessionContext, timeout_ms: int = 60000, *, services: MailServices | None = None,
+                 allow_plain_auth: bool = False, max_errors: int = MAX_ERRORS):
         super().__init__(ctx)
         self._timeout_ms = timeout_ms
+        self.services = services or MailServices()
+        self.allow_plain_auth = allow_plain_auth
+        self.max_errors = max_errors
+        self.errors = 0
+        self.auth_failures = 0
+        self.user: str | None = None
+        self.account: AccountEntry | None = None
+        self._sasl: tuple[str, str | None] | None = None
+        self._login = ""
+        self.maildir: Maildir | None = None
+        self.messages: list[Message] = []
+        self.validity = 0
+        self.deleted: set[int] = set()
 
     @property
     def idle_timeout_ms(self) -> int:
-        return self._timeout_ms
+        return self.services.timeout_authenticated_ms if self.account is not None else self._timeout_ms
 
     def greeting(self) -> bytes:
         return b"+OK Stalwart POP3 at your service.\r\n"
 
-    def handle_line(self, line: bytes) -> None:
-        verb, _ = self.split_command(line)
-        if verb == "QUIT":
-            self._send(b"+OK Stalwart POP3 bids you farewell.\r\n", close=True)
-        elif verb == "NOOP":
-            self._send(b"+OK\r\n")
-        elif verb == "CAPA":
-            caps = ["TOP", "UIDL", "RESP-CODES", "PIPELINING", "UTF8"]
-            if self.ctx.tls_available and not self.ctx.tls_active:
-                caps.append("STLS")
-            self._send(("+OK Capability list follows\r\n" + "".join(c + "\r\n" for c in caps) + ".\r\n").encode())
-        elif verb == "STLS":
-            if self.ctx.tls_active:
-                self._send(b"-ERR Already in TLS mode.\r\n")
-            elif not self.ctx.tls_available:
-                self._send(b"-ERR TLS is not available.\r\n")
-            else:
-                self._start_tls(b"+OK Begin TLS negotiation now.\r\n")
-        elif verb in ("USER", "PASS", "APOP", "AUTH", "STAT", "LIST", "RETR", "DELE", "RSET", "TOP", "UIDL", "UTF8"):
-            self._send(b"-ERR [SYS/TEMP] Not available yet.\r\n")
-        else:
-            self._send(b"-ERR Unknown command.\r\n")
-
     def line_too_long(self) -> None:
-        self._send(b"-ERR Command line too long.\r\n")
+        self._sasl = None
+        self._error(b"-ERR Command line too long.\r\n")
 
     def timeout_reply(self) -> bytes:
+        if self.commands_seen == 0:
+            mailcommon.loitering(self.ctx, self.event_group)
         return b"-ERR Connection timed out.\r\n"
 
     def shutdown_reply(self) -> bytes:
         return b"-ERR Server shutting down.\r\n"
+
+    def tls_started(self, version: str, cipher: str) -> None:
+        super().tls_started(version, cipher)
+        self.user = None
+
+    def _auth_allowed(self) -> bool:
+        return self.ctx.tls_active or self.allow_plain_auth
+
+    def _error(self, reply: bytes) -> None:
+        """A bad command: reported before authentication (security.md §4), limited per session."""
+        self.errors += 1
+        if self.account is None:
+            mailcommon.invalid_command(self.ctx, self.event_group)
+        if self.errors >= self.max_errors:
+            self._send(b"-ERR Too many bad commands, closing connection.\r\n", close=True)
+        else:
+            self._send(reply)
+
+    # -- dispatch -------------------------------------------------------------------------------
+    def handle_line(self, line: bytes) -> None:
+        if self._sasl is not None:
+            self._sasl_response(line)
+            return
+        verb, arg = self.split_command(line)
+        try:
+            text = arg.decode("utf-8")
+        except UnicodeDecodeError:
+            self._error(b"-ERR Invalid UTF-8 in command.\r\n")
+            return
+        if verb in ("QUIT", "NOOP", "CAPA"):
+            getattr(self, "_cmd_" + verb.lower())(text)
+        elif self.account is None and verb in ("USER", "PASS", "AUTH", "STLS", "APOP"):
+            getattr(self, "_cmd_" + verb.lower())(text)
+        elif self.account is not None and verb in ("STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET"):
+            getattr(self, "_cmd_" + verb.lower())(text)
+        elif verb in ("STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET"):
+            self._send(b"-ERR Not authenticated.\r\n")
+        elif verb in ("USER", "PASS", "AUTH", "STLS", "APOP"):
+            self._send(b"-ERR Already authenticated.\r\n")
+        else:
+            self._error(b"-ERR Unknown command.\r\n")
+
+    # -- any state ------------------------------------------------------------------------------
+    def _cmd_quit(self, arg: str) -> None:
+        doomed = [m for i, m in enumerate(self.messages, 1) if i in self.deleted]
+        if self.account is None or not doomed:
+            self._send(b"+OK Stalwart POP3 bids you farewell.\r\n", close=True)
+            return
+        self._block(_quit_job, (self.maildir, doomed), self._quit_done)  # RFC 1939 §6 UPDATE state
+
+    def _quit_done(self, removed: int | None, error: BaseException | None) -> None:
+        if error is not None:
+            self._send(b"-ERR [SYS/TEMP] Some deleted messages were not removed.\r\n", close=True)
+        else:
+            self._send(b"+OK Stalwart POP3 bids you farewell.\r\n", close=True)
+
+    def _cmd_noop(self, arg: str) -> None:
+        self._send(b"+OK\r\n")
+
+    def _cmd_capa(self, arg: str) -> None:
+        caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+        if self.account is None and self._auth_allowed():
+            caps += ["USER", "SASL " + " ".join(sasl.MECHANISMS)]
+        if self.ctx.tls_available and not self.ctx.tls_active:
+            caps.append("STLS")
+        caps.append("IMPLEMENTATION Stalwart")
+        self._send(("+OK Capability list follows\r\n" + "".join(c + "\r\n" for c in caps) + ".\r\n").encode())
+
+    # -- AUTHORIZATION --------------------------------------------------------------------------
+    def _cmd_stls(self, arg: str) -> None:
+        if self.ctx.tls_active:
+            self._send(b"-ERR Already in TLS mode.\r\n")
+        elif not self.ctx.tls_available:
+            self._send(b"-ERR TLS is not available.\r\n")
+        else:
+            self._start_tls(b"+OK Begin TLS negotiation now.\r\n")
+
+    def _cmd_apop(self, arg: str) -> None:
+        self._send(b"-ERR APOP is not supported.\r\n")  # it needs clear-text passwords on the server
+
+    def _cmd_user(self, arg: str) -> None:
+        if not self._auth_allowed():
+            self._send(b"-ERR [AUTH] Plain-text authentication is disabled, use STLS first.\r\n")
+        elif not arg.strip():
+            self._error(b"-ERR Missing user name.\r\n")
+        else:
+            self.user = arg.strip()
+            self._send(b"+OK\r\n")
+
+    def _cmd_pass(self, arg: str) -> None:
+        if self.user is None:
+            self._send(b"-ERR USER first.\r\n")
+            return
+        user, self.user = self.user, None
+        self._authenticate(user, arg)  # RFC 1939 §7: the password may contain spaces
+
+    def _cmd_auth(self, arg: str) -> None:
+        mech, _, initial = arg.strip().partition(" ")
+        if not mech:
+            self._send(("+OK\r\n" + "".join(m + "\r\n" for m in sasl.MECHANISMS) + ".\r\n").encode())
+            return
+        if not self._auth_allowed():
+            self._send(b"-ERR [AUTH] Authentication requires TLS, use STLS first.\r\n")
+            return
+        mech = mech.upper()
+        if mech not in sasl.MECHANISMS:
+            self._error(b"-ERR Unsupported mechanism.\r\n")
+            return
+        self._sasl = (mech, None)
+        if initial:
+            self._sasl_response(initial.encode())
+        else:
+            self._send(b"+ \r\n" if mech == "PLAIN" else f"+ {sasl.LOGIN_USERNAME}\r\n".encode())
+
+    def _sasl_response(self, line: bytes) -> None:
+        mech, user = self._sasl
+        try:
+            raw = sasl.b64decode(line)
+            if mech == "PLAIN":
+                login, password = sasl.decode_plain(raw)
+            elif user is None:
+                self._sasl = (mech, sasl.decode_login_field(raw))
+                self._send(f"+ {sasl.LOGIN_PASSWORD}\r\n".encode())
+                return
+            else:
+                login, password = user, sasl.decode_login_field(raw)
+        except sasl.SaslCancelled:
+            self._sasl = None
+            self._send(b"-ERR Authentication cancelled.\r\n")
+            return
+        except sasl.SaslError:
+            self._sasl = None
+            self._error(b"-ERR Invalid SASL response.\r\n")
+            return
+        self._sasl = None
+        self._authenticate(login, password)
+
+    def _authenticate(self, login: str, password: str) -> None:
+        self._login = login
+        self._block(mailcommon.authenticate, (self.services.directory, login, password), self._auth_result)
+
+    def _auth_result(self, account: AccountEntry | None, error: BaseException | None) -> None:
+        if account is None or error is not None:
+            mailcommon.auth_failed(self.ctx, self.event_group, self._login)
+            self.auth_failures += 1
+            if self.auth_failures >= self.services.max_auth_failures:
+                self._send(b"-ERR [AUTH] Too many authentication failures.\r\n", close=True)
+            else:
+                self._send(b"-ERR [AUTH] Authentication failed.\r\n")
+            return
+        if self.services.store is None:
+            self._send(b"-ERR [SYS/TEMP] No mail store is configured.\r\n")
+            return
+        maildir = self.services.store.maildir(account.name)
+        self._block(_load_maildrop, (maildir,), lambda res, err: self._maildrop_loaded(account, maildir, res, err))
+
+    def _maildrop_loaded(self, account: AccountEntry, maildir: Maildir, res, error: BaseException | None) -> None:
+        if error is not None:
+            self._send(b"-ERR [SYS/TEMP] Cannot open the maildrop.\r\n")
+            return
+        self.account, self.maildir = account, maildir
+        self.validity, self.messages = res
+        self._send(f"+OK {account.name} has {len(self.messages)} messages.\r\n".encode())
+
+    # -- TRANSACTION ----------------------------------------------------------------------------
+    def _message(self, arg: str) -> tuple[int, Message] | None:
+        """Message ``arg`` (1-based) that is not marked deleted; replies ``-ERR`` otherwise."""
+        if not arg.isdigit() or len(arg) > 9:
+            self._send(b"-ERR Invalid message number.\r\n")
+            return None
+        n = int(arg)
+        if not 1 <= n <= len(self.messages):
+            self._send(b"-ERR No such message.\r\n")
+            return None
+        if n in self.deleted:
+            self._send(b"-ERR Message is deleted.\r\n")
+            return None
+        return n, self.messages[n - 1]
+
+    def _live(self):
+        return ((i, m) for i, m in enumerate(self.messages, 1) if i not in self.deleted)
+
+    def _uidl(self, msg: Message) -> str:
+        # RFC 1939 §7: unique and persistent; UIDVALIDITY changes only with a new UID epoch.
+        return f"{self.validity}.{msg.uid}"
+
+    def _cmd_stat(self, arg: str) -> None:
+        live = list(self._live())
+        self._send(f"+OK {len(live)} {sum(m.size for _, m in live)}\r\n".encode())
+
+    def _cmd_list(self, arg: str) -> None:
+        if arg.strip():
+            found = self._message(arg.strip())
+            if found:
+                self._send(f"+OK {found[0]} {found[1].size}\r\n".encode())
+            return
+        self._send(("+OK\r\n" + "".join(f"{i} {m.size}\r\n" for i, m in self._live()) + ".\r\n").encode())
+
+    def _cmd_uidl(self, arg: str) -> None:
+        if arg.strip():
+            found = self._message(arg.strip())
+            if found:
+                self._send(f"+OK {found[0]} {self._uidl(found[1])}\r\n".encode())
+            return
+        self._send(("+OK\r\n" + "".join(f"{i} {self._uidl(m)}\r\n" for i, m in self._live()) + ".\r\n").encode())
+
+    def _cmd_retr(self, arg: str) -> None:
+        found = self._message(arg.strip())
+        if found:
+            msg = found[1]
+            self._block(self.maildir.read, (msg,), lambda data, err: self._send_message(msg, data, err, None))
+
+    def _cmd_top(self, arg: str) -> None:
+        parts = arg.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            self._send(b"-ERR Usage: TOP message lines\r\n")
+            return
+        found = self._message(parts[0])
+        if found:
+            msg, lines = found[1], int(parts[1][:9])
+            self._block(self.maildir.read, (msg,), lambda data, err: self._send_message(msg, data, err, lines))
+
+    def _send_message(self, msg: Message, data: bytes | None, error: BaseException | None, lines: int | None) -> None:
+        if error is not None or data is None:
+            self._send(b"-ERR [SYS/TEMP] The message cannot be read.\r\n")
+            return
+        if lines is not None:
+            # RFC 1939 §7 TOP: the header, the blank line, then that many body lines.
+            sep = re.search(rb"\r?\n\r?\n", data)
+            if sep is not None:
+                body = data[sep.end():].splitlines(keepends=True)
+                data = data[:sep.end()] + b"".join(body[:lines])
+        self._send(f"+OK {msg.size} octets\r\n".encode() + multiline(data))
+
+    def _cmd_dele(self, arg: str) -> None:
+        found = self._message(arg.strip())
+        if found:
+            self.deleted.add(found[0])
+            self._send(f"+OK Message {found[0]} deleted.\r\n".encode())
+
+    def _cmd_rset(self, arg: str) -> None:
+        self.deleted.clear()
+        self._send(f"+OK {len(self.messages)} messages.\r\n".encode())
