@@ -14,8 +14,9 @@ Where the time goes, and why the layout is what it is (measured on the Zipf + sc
   of the trace's time, three of them per miss. Its slots pack a hash tag and a pool position, so
   probing, deleting and growing touch no Python object.
 * Entries are pooled and reused through a free list: a steady-state ``put`` allocates nothing.
-* Rings are circular lists of pool positions in C arrays, and ``referenced`` counters sit in a C
-  array beside them: the CLOCK hand passes an entry with one store and reads no object.
+* Rings are circular lists of pool positions linked through a C array (``Link``) that also
+  holds the ``referenced`` counters: the CLOCK hand passes an entry with one store and reads no
+  object.
 * Ghosts are bare hashes in a set-associative table (``_Ghosts``, 8 bytes a ghost, one 64-byte
   bucket per lookup): keeping them as dict entries, as a first version did, made every miss
   delete a key evicted long ago, a cache miss in memory on each ``put``.
@@ -42,7 +43,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from operator import index as _index
 
 # One sentinel for both kernels, so callers compare with ``is`` whichever one is loaded.
-from stalwart._fast.cache_py import MAX_CAPACITY, NEGATIVE
+from stalwart._fast.cache_py import COUNTERS, MAX_CAPACITY, NEGATIVE
 
 __all__ = ["Cache", "NEGATIVE"]
 
@@ -77,6 +78,12 @@ cdef double _expiry_arg(object value, str name) except? -1.0:
     if isnan(x):
         raise ValueError(f"{name} must not be NaN")
     return x
+
+
+cdef struct Link:
+    Py_ssize_t next
+    Py_ssize_t prev
+    uint8_t ref  # referenced counter (0..MAX_REF), here so the CLOCK hand reads no object
 
 
 cdef struct GhostPair:
@@ -232,9 +239,7 @@ cdef class Cache:
     cdef uint64_t _version  # changes with every index change: a key's __eq__ may use the cache
     cdef uint64_t _adds
     cdef list _pool
-    cdef Py_ssize_t *_next
-    cdef Py_ssize_t *_prev
-    cdef uint8_t *_ref  # referenced counters, beside the links: the CLOCK hand reads no object
+    cdef Link *_links  # per pool position: ring links and the referenced counter
     cdef Py_ssize_t _nslots
     cdef Py_ssize_t _free
     cdef Py_ssize_t _head[3]
@@ -259,13 +264,6 @@ cdef class Cache:
     cdef readonly int64_t expired
     cdef readonly int64_t rejected
 
-    def __cinit__(self):
-        self._next = NULL
-        self._prev = NULL
-        self._ref = NULL
-        self._slots = NULL
-        self._nslots = 0
-
     def __init__(self, capacity, weigher=None, clock=None):
         self._set_capacity(capacity)
         self._weigher = weigher
@@ -273,9 +271,7 @@ cdef class Cache:
         self._reset()
 
     def __dealloc__(self):
-        free(self._next)
-        free(self._prev)
-        free(self._ref)
+        free(self._links)
         free(self._slots)
 
     # ------------------------------------------------------------ storage
@@ -292,13 +288,9 @@ cdef class Cache:
 
     cdef int _reset(self) except -1:
         cdef int q
-        free(self._next)
-        free(self._prev)
-        free(self._ref)
+        free(self._links)
         free(self._slots)
-        self._next = NULL
-        self._prev = NULL
-        self._ref = NULL
+        self._links = NULL
         self._slots = NULL
         self._slot_mask = -1
         self._slot_shift = 32
@@ -329,25 +321,17 @@ cdef class Cache:
         cdef Py_ssize_t n = self._nslots
         cdef Py_ssize_t new = 16 if n < 8 else 2 * n
         cdef Py_ssize_t i
-        cdef Py_ssize_t *nx = <Py_ssize_t *> realloc(self._next, new * sizeof(Py_ssize_t))
-        if nx == NULL:
+        cdef Link *links = <Link *> realloc(self._links, new * sizeof(Link))
+        if links == NULL:
             raise MemoryError()
-        self._next = nx
-        cdef Py_ssize_t *pv = <Py_ssize_t *> realloc(self._prev, new * sizeof(Py_ssize_t))
-        if pv == NULL:
-            raise MemoryError()
-        self._prev = pv
-        cdef uint8_t *rf = <uint8_t *> realloc(self._ref, new * sizeof(uint8_t))
-        if rf == NULL:
-            raise MemoryError()
-        self._ref = rf
+        self._links = links
         self._pool.extend([_Entry(i) for i in range(n, new)])
         self._nslots = new
         # pushed in reverse so the lowest new position is taken first, as in the twin
         for i in range(new - 1, n - 1, -1):
-            pv[i] = NIL
-            rf[i] = 0
-            nx[i] = self._free
+            links[i].prev = NIL
+            links[i].ref = 0
+            links[i].next = self._free
             self._free = i
         return 0
 
@@ -355,7 +339,7 @@ cdef class Cache:
         if self._free == NIL:
             self._grow()
         cdef Py_ssize_t i = self._free
-        self._free = self._next[i]
+        self._free = self._links[i].next
         return <_Entry> self._pool[i]
 
     cdef inline int _release(self, _Entry e) except -1:
@@ -365,7 +349,7 @@ cdef class Cache:
         e.key = None
         e.value = None
         e.queue = FREE
-        self._next[e.index] = self._free
+        self._links[e.index].next = self._free
         self._free = e.index
         return 0
 
@@ -377,29 +361,29 @@ cdef class Cache:
         cdef Py_ssize_t t
         e.queue = q
         if h == NIL:
-            self._next[i] = i
-            self._prev[i] = i
+            self._links[i].next = i
+            self._links[i].prev = i
             self._head[q] = i
         else:
-            t = self._prev[h]
-            self._next[t] = i
-            self._prev[i] = t
-            self._next[i] = h
-            self._prev[h] = i
+            t = self._links[h].prev
+            self._links[t].next = i
+            self._links[i].prev = t
+            self._links[i].next = h
+            self._links[h].prev = i
         self._count[q] += 1
         self._weight[q] += e.weight
 
     cdef inline void _unlink(self, _Entry e) noexcept:
         cdef Py_ssize_t i = e.index
         cdef uint8_t q = e.queue
-        cdef Py_ssize_t n = self._next[i]
+        cdef Py_ssize_t n = self._links[i].next
         cdef Py_ssize_t p
         if n == i:
             self._head[q] = NIL
         else:
-            p = self._prev[i]
-            self._next[p] = n
-            self._prev[n] = p
+            p = self._links[i].prev
+            self._links[p].next = n
+            self._links[n].prev = p
             if self._head[q] == i:
                 self._head[q] = n
         self._count[q] -= 1
@@ -519,9 +503,9 @@ cdef class Cache:
             i = self._head[HOT]
             if i == NIL:
                 return False
-            if self._ref[i] > 0:
-                self._ref[i] -= 1
-                self._head[HOT] = self._next[i]  # the head passes to the tail
+            if self._links[i].ref > 0:
+                self._links[i].ref -= 1
+                self._head[HOT] = self._links[i].next  # the head passes to the tail
             else:
                 self._drop(self._at(i))
                 self.evictions += 1
@@ -533,17 +517,18 @@ cdef class Cache:
             return self._advance_hot()
         cdef _Entry e = self._at(i)
         self._unlink(e)
-        if self._ref[i] > 0:
-            self._ref[i] -= 1
+        if self._links[i].ref > 0:
+            self._links[i].ref -= 1
             self._link(e, HOT)
             while self._weight[HOT] > self._hot_target:
                 if not self._advance_hot():
                     break
             return True
+        cdef Py_hash_t h = e.hash  # read first: a finalizer run by the release may reuse e
         self._index_remove(e)
         self._release(e)
         self.evictions += 1
-        self._ghosts.record(e.hash, self._count[HOT] + self._count[COLD])
+        self._ghosts.record(h, self._count[HOT] + self._count[COLD])
         return True
 
     cdef int _shrink_to_capacity(self) except -1:
@@ -601,8 +586,8 @@ cdef class Cache:
             self.expired += 1
             self.misses += 1
             return default
-        if self._ref[e.index] < MAX_REF:
-            self._ref[e.index] += 1
+        if self._links[e.index].ref < MAX_REF:
+            self._links[e.index].ref += 1
         if e.negative:
             self.negative_hits += 1
             return _NEGATIVE
@@ -668,7 +653,7 @@ cdef class Cache:
             fresh.weight = w
             fresh.hash = h
             fresh.expires = exp
-            self._ref[fresh.index] = 0
+            self._links[fresh.index].ref = 0
             fresh.negative = negative
             self._index_add(fresh)
             self._link(fresh, ring)
@@ -676,8 +661,8 @@ cdef class Cache:
             return True
         self._weight[e.queue] += w - e.weight
         e.weight = w
-        if self._ref[e.index] < MAX_REF:
-            self._ref[e.index] += 1
+        if self._links[e.index].ref < MAX_REF:
+            self._links[e.index].ref += 1
         e.expires = exp
         e.negative = negative
         old = e.value  # released on return: its finalizer must not see a half update
@@ -811,18 +796,9 @@ cdef class Cache:
 
     def stats(self):
         """Counters and occupancy, for metrics."""
-        return {
-            "hits": self.hits,
-            "negative_hits": self.negative_hits,
-            "misses": self.misses,
-            "inserts": self.inserts,
-            "evictions": self.evictions,
-            "expired": self.expired,
-            "rejected": self.rejected,
-            "entries": len(self),
-            "weight": self.weight,
-            "capacity": self._capacity,
-        }
+        out = {name: getattr(self, name) for name in COUNTERS}
+        out.update(entries=len(self), weight=self.weight, capacity=self._capacity)
+        return out
 
     def __repr__(self):
         return f"<Cache {len(self)} entries, weight {self.weight}/{self._capacity}>"

@@ -60,6 +60,8 @@ INF = math.inf
 MAX_REF = 2
 # Bounds shared with the compiled kernel, which sums weights in int64.
 MAX_CAPACITY = 1 << 62
+#: The cumulative counters both kernels keep, in the order ``stats()`` lists them.
+COUNTERS = ("hits", "negative_hits", "misses", "inserts", "evictions", "expired", "rejected")
 
 
 def _expiry_arg(value: Any, name: str) -> float:
@@ -588,18 +590,9 @@ class Cache:
 
     def stats(self) -> dict[str, int]:
         """Counters and occupancy, for metrics."""
-        return {
-            "hits": self.hits,
-            "negative_hits": self.negative_hits,
-            "misses": self.misses,
-            "inserts": self.inserts,
-            "evictions": self.evictions,
-            "expired": self.expired,
-            "rejected": self.rejected,
-            "entries": len(self),
-            "weight": self.weight,
-            "capacity": self._capacity,
-        }
+        out = {name: getattr(self, name) for name in COUNTERS}
+        out.update(entries=len(self), weight=self.weight, capacity=self._capacity)
+        return out
 
     def __repr__(self) -> str:
         return f"<Cache {len(self)} entries, weight {self.weight}/{self._capacity}>"
