@@ -78,3 +78,14 @@ def test_many_stars_stay_linear():
 @given(st.text(alphabet="ab*?\\/", max_size=8), st.text(alphabet="abAB/?*\\", max_size=12))
 def test_glob_matches_the_reference_semantics(pattern, s):
     assert _Glob(pattern).matches(s.lower()) == oracle(pattern, s)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet="ab*?/.", max_size=6), min_size=1, max_size=5), st.text(alphabet="abAB/.?*", max_size=12))
+def test_glob_set_matches_any_of_its_globs(patterns, s):
+    banned = BannedPaths(patterns)
+    expect = next((p for p in patterns if p and oracle(p, s)), None)
+    got = banned.match(s, s)
+    assert (got is None) == (expect is None)
+    if got is not None:
+        assert oracle(got, s)

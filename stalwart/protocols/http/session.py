@@ -99,7 +99,7 @@ class HttpSession(SessionCore):
         target = req.target.decode("utf-8", "replace")
         head = method == "HEAD"
         # http.md §1: HEAD is answered on every route that answers GET, with GET's headers.
-        resp = self.service.respond("GET" if head else method, target, list(req.headers), bytes(self._body), self.ctx)
+        resp = self.service.respond("GET" if head else method, target, req.headers, bytes(self._body), self.ctx)
         self._reply(resp, head=head, close=resp.close)
 
     def _reply(self, resp: Response, head: bool = False, close: bool = False) -> None:
@@ -112,8 +112,7 @@ class HttpSession(SessionCore):
             headers = [h for h in headers if h[0].lower() not in names] + extra
         if close or self.draining:
             headers.append(("Connection", "close"))
-        out = self._conn.send(h11.Response(status_code=resp.status, headers=headers,
-                                           reason=REASONS.get(resp.status, b"")))
+        out = self._conn.send(self.service.response_head(resp.status, headers))
         if not head and resp.body:
             out += self._conn.send(h11.Data(data=resp.body))
         out += self._conn.send(h11.EndOfMessage())
