@@ -6,6 +6,7 @@ Every error is a :class:`ConfigError` naming the JSON path of the field, e.g.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from typing import Any
 
@@ -106,6 +107,10 @@ def _assign_ids(items: list, name: str) -> None:
         seen[obj.id] = i
 
 
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HEADER_VALUE = re.compile(r"^(?:[\x21-\x7e\x80-\xff](?:[ \t\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?$")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field rules that a schema cannot express. Mutates ``cfg`` to its normal form."""
     for name, (_cls, is_collection) in OBJECTS.items():
@@ -149,6 +154,20 @@ def validate(cfg: Config) -> None:
     from ..accounts.model import validate_accounts
 
     validate_accounts(cfg)
+    account_names = {a.name.lower() for a in cfg.Account}
+    for i, name in enumerate(cfg.Http.administrators):
+        if name.lower() not in account_names:
+            raise ConfigError(f"$.Http.administrators[{i}]", f"no Account is named {name!r}")
+    for name, value in cfg.Http.response_headers.items():
+        # Checked here with the grammar h11 enforces when sending (RFC 9110 §5.1, §5.5), so a bad
+        # header is a configuration error instead of every response on the listener failing.
+        p = f"$.Http.responseHeaders.{name}"
+        if not _HEADER_NAME.match(name):
+            raise ConfigError(p, f"{name!r} is not a valid header name")
+        if name.lower() in ("content-length", "transfer-encoding", "connection"):
+            raise ConfigError(p, f"{name} is set by the server and cannot be overridden")
+        if not _HEADER_VALUE.match(value):
+            raise ConfigError(p, "header values cannot contain control characters or surrounding spaces")
 
     cert_ids = {c.id for c in cfg.Certificate}
     if ss.default_certificate_id is not None and ss.default_certificate_id not in cert_ids:

@@ -159,6 +159,9 @@ class Http(_Object):
     allowed_endpoints: dict[str, Any] = msgspec.field(default_factory=lambda: {"else": "200"})
     response_headers: dict[str, str] = {}  # set on every response, replacing same-named ones (http.md §1)
     enable_hsts: bool = False
+    administrators: list[str] = []  # (new) Account names allowed to use the management API
+
+    set_fields: ClassVar[tuple[str, ...]] = ("administrators",)
 
 
 class Imap(_Object):
