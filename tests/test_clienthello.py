@@ -3,6 +3,7 @@ ClientHellos from Python's ``ssl`` and from ``openssl s_client``, every error re
 is decided, incremental and re-fragmented input, the SNI rules, ``classify``, and hypothesis
 properties (random and mutated bytes raise only ``ClientHelloError``; the twins agree; an error never
 turns into something else when more bytes arrive)."""
+import ipaddress
 import shutil
 import socket
 import ssl
@@ -204,9 +205,75 @@ def test_grease_and_psk_last(clienthello):
 
 
 def test_many_distinct_extension_types(clienthello):
-    exts = [(t, b"") for t in range(100, 1100, 7)]  # past the short list of high types: the bitmap
-    assert clienthello.peek(hello_with(*exts)).extensions == tuple(range(100, 1100, 7))
-    assert reason(clienthello, hello_with(*exts, (100 + 7 * 140, b""))) == "malformed"
+    types = range(100, 100 + 7 * 128, 7)  # past the short list of high types: the bitmap
+    assert clienthello.peek(hello_with(*[(t, b"") for t in types])).extensions == tuple(types)
+    dup = [(t, b"") for t in types[:100]] + [(types[50], b"")]
+    assert reason(clienthello, hello_with(*dup)) == "malformed"
+    assert reason(clienthello, hello_with(*[(t, b"") for t in range(64, 64 + 129)])) == "too-large"
+    assert reason(clienthello, hello_with(*[(t, b"") for t in range(64, 64 + 129)])[:5 + 6000]) == "too-large"
+
+
+# -- peek_with_hint: when peeking again can answer differently ---------------------------------------
+
+def hint_is_sound(mod, data: bytes) -> None:
+    """For every prefix that needs more, every longer prefix shorter than the hint needs more too."""
+    results = []
+    for k in range(len(data) + 1):
+        try:
+            h, want = mod.peek_with_hint(data[:k])
+            results.append(("need", want) if h is None else ("ok", 0))
+        except ClientHelloError as exc:
+            results.append((exc.reason, 0))
+        assert (results[-1][0] == "need") == (results[-1][0] == "need" and mod.peek(data[:k]) is None)
+    for k, (kind, want) in enumerate(results):
+        if kind == "need":
+            assert want > k, (k, want)
+            assert all(r[0] == "need" for r in results[k:want]), (data, k, want)
+
+
+def driver_peeks(mod, data: bytes, chunk: int = 1) -> tuple:
+    """How a driver would use the hint: a peek only once the buffer reached it."""
+    buf = b""
+    want = 1
+    calls = 0
+    for k in range(0, len(data), chunk):
+        buf += data[k:k + chunk]
+        if len(buf) < want:
+            continue
+        calls += 1
+        h, want = mod.peek_with_hint(buf)
+        if h is not None:
+            return h, calls
+    return None, calls
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_hint_on_real_hellos(clienthello, name):
+    hint_is_sound(clienthello, CORPUS[name])
+    h, calls = driver_peeks(clienthello, CORPUS[name])
+    assert h.as_dict() == clienthello.peek(CORPUS[name]).as_dict()
+    assert calls < 40 + 5 * h.records  # a few per extension and record, not one per byte
+
+
+def test_hint_bounds_a_dribbled_worst_case(clienthello):
+    # 128 extensions of 400 bytes over 4 records: one byte per read costs a few hundred peeks
+    data = hello_with(*[(t, bytes(400)) for t in range(200, 328)])
+    assert len(data) > 50_000
+    h, calls = driver_peeks(clienthello, data)
+    assert h is not None and h.records == 4 and calls < 400
+    assert clienthello.peek_with_hint(data)[1] == 0
+
+
+def test_hint_examples(clienthello):
+    assert clienthello.peek_with_hint(b"") == (None, 1)
+    assert clienthello.peek_with_hint(b"\x16\x03") == (None, 3)
+    assert clienthello.peek_with_hint(b"\x16\x03\x01\x02\x00") == (None, 6)
+    assert clienthello.peek_with_hint(b"\x16\x03\x01\x02\x00\x01") == (None, 9)  # the length
+    # past the handshake header: the legacy_version, then the session id length after the random
+    assert clienthello.peek_with_hint(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc") == (None, 11)
+    assert clienthello.peek_with_hint(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03") == (None, 44)
+    with pytest.raises(ClientHelloError):
+        clienthello.peek_with_hint(b"EHLO")
 
 
 # -- errors and how early they are decided --------------------------------------------------------
@@ -445,14 +512,22 @@ def test_openssl_hello_over_several_records(clienthello):
 
 def check_prefixes(data: bytes, step: int = 1) -> None:
     """Twins agree on ``data`` and on its prefixes; a prefix is either need-more or already the final
-    outcome: an error never changes as bytes arrive, and a hello once accepted stays the same."""
+    outcome: an error never changes as bytes arrive, and a hello once accepted stays the same. Both
+    give the same hint, and no prefix shorter than a hint answers differently."""
     final = outcome(C, data)
     assert outcome(PY, data) == final, data
-    for k in range(0, len(data), step):
+    hints = {}
+    for k in range(0, len(data) + 1, step):
         got = outcome(C, data[:k])
         assert got == outcome(PY, data[:k]), (data, k)
         if got[0] != "need":
             assert got == final, (data, k)
+        else:
+            hints[k] = C.peek_with_hint(data[:k])[1]
+            assert hints[k] == PY.peek_with_hint(data[:k])[1] > k, (data, k)
+    for k, want in hints.items():
+        for j in range(k, min(want, len(data) + 1), step):
+            assert j in hints, (data, k, want, j)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -508,9 +583,14 @@ _label = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0
        st.one_of(st.integers(16, 600), st.lists(st.integers(16, 200), min_size=1, max_size=4)))
 def test_built_hellos_round_trip(name, alpn, versions, fragment):
     data = PY.build(name, alpn, versions, fragment)
+    try:
+        ipaddress.IPv4Address(name)
+        sni = None  # an IP literal
+    except ValueError:
+        sni = name.lower()
     for mod in (C, PY):
         h = mod.peek(data)
-        assert (h.sni, h.alpn, h.supported_versions) == (name.lower(), tuple(alpn), tuple(versions))
+        assert (h.sni, h.alpn, h.supported_versions) == (sni, tuple(alpn), tuple(versions))
     assert outcome(C, data) == outcome(PY, data)
     assert C.peek(data[:-1]) is None
 

@@ -18,12 +18,13 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy, memset
 
 from stalwart._fast.clienthello_errors import REASONS, ClientHelloError
-from stalwart._fast.clienthello_py import (CLASSES, MAX_HELLO_LENGTH, MAX_RECORD_LENGTH, MAX_RECORDS, alpn_ext,
+from stalwart._fast.clienthello_py import (CLASSES, MAX_EXTENSIONS, MAX_HELLO_LENGTH, MAX_RECORD_LENGTH, MAX_RECORDS,
+                                           alpn_ext,
                                            build, client_hello_message, server_name_ext, to_records,
                                            versions_ext)
 
-__all__ = ["ClientHello", "ClientHelloError", "REASONS", "peek", "classify", "MAX_HELLO_LENGTH", "MAX_RECORDS",
-           "MAX_RECORD_LENGTH", "server_name_ext", "alpn_ext", "versions_ext", "client_hello_message",
+__all__ = ["ClientHello", "ClientHelloError", "REASONS", "peek", "peek_with_hint", "classify", "MAX_HELLO_LENGTH",
+           "MAX_RECORDS", "MAX_RECORD_LENGTH", "MAX_EXTENSIONS", "server_name_ext", "alpn_ext", "versions_ext", "client_hello_message",
            "to_records", "build"]
 
 cdef extern from "<arpa/inet.h>" nogil:
@@ -49,10 +50,11 @@ DEF EXT_SUPPORTED_VERSIONS = 43
 DEF C_MAX_RECORDS = 32
 DEF C_MAX_RECORD_LENGTH = 16384
 DEF C_MAX_HELLO_LENGTH = 65536
+DEF C_MAX_EXTENSIONS = 128
 DEF HIGH_LINEAR = 16  # extension types >= 64 checked for duplicates by a scan up to this many
 
-assert (C_MAX_RECORDS, C_MAX_RECORD_LENGTH, C_MAX_HELLO_LENGTH) == (MAX_RECORDS, MAX_RECORD_LENGTH,
-                                                                    MAX_HELLO_LENGTH)
+assert (C_MAX_RECORDS, C_MAX_RECORD_LENGTH, C_MAX_HELLO_LENGTH, C_MAX_EXTENSIONS) == (
+    MAX_RECORDS, MAX_RECORD_LENGTH, MAX_HELLO_LENGTH, MAX_EXTENSIONS)
 
 ctypedef struct ch_span:
     int off            # offset in the message; -1 when absent
@@ -69,6 +71,8 @@ ctypedef struct ch_result:
 
 ctypedef struct ch_records:
     int count
+    Py_ssize_t pos                 # where the walk stopped: the next record header
+    bint more                      # the walk stopped for lack of bytes, wanting another record
     Py_ssize_t off[C_MAX_RECORDS]  # payload start in the input
     Py_ssize_t avail               # payload bytes present, over all records
     Py_ssize_t declared            # payload bytes the record headers announce
@@ -78,11 +82,13 @@ cdef inline int _be16(const unsigned char *p) noexcept nogil:
     return (p[0] << 8) | p[1]
 
 
-cdef inline int _need(Py_ssize_t i, Py_ssize_t k, Py_ssize_t end, Py_ssize_t avail) noexcept nogil:
-    """Bytes [i, i+k) are read: inside the message (else malformed) and present (else need more)."""
+cdef inline int _need(Py_ssize_t i, Py_ssize_t k, Py_ssize_t end, Py_ssize_t avail, Py_ssize_t *want) noexcept nogil:
+    """Bytes [i, i+k) are read: inside the message (else malformed) and present (else need more,
+    ``want`` set to the payload length that has them)."""
     if i + k > end:
         return E_MALFORMED
     if i + k > avail:
+        want[0] = i + k
         return 0
     return 1
 
@@ -174,21 +180,24 @@ cdef int _versions(const unsigned char *d, int n, int off, ch_span *out) noexcep
     return 1
 
 
-cdef int ch_message(const unsigned char *m, Py_ssize_t avail, ch_result *r) noexcept nogil:
+cdef int ch_message(const unsigned char *m, Py_ssize_t avail, ch_result *r, Py_ssize_t *want) noexcept nogil:
     """The ClientHello handshake message at ``m`` (``avail`` payload bytes gathered so far):
-    1 with ``r`` filled, 0 need more, < 0 a reason code. Checks in the twin's ``_message`` order."""
+    1 with ``r`` filled, 0 need more (``want``: the payload length the next check needs), < 0 a
+    reason code. Checks in the twin's ``_message`` order."""
     cdef Py_ssize_t i, end, cs_len, cm_len, k
-    cdef int rc, t, elen, prev = -1, nhigh = 0
+    cdef int rc, t, elen, prev = -1, nhigh = 0, count = 0
     cdef bint use_bits = False
     cdef uint64_t low = 0
     cdef unsigned short high[HIGH_LINEAR]
     cdef uint64_t bits[1024]  # every type >= 64, set up only when more than HIGH_LINEAR appear
     cdef const unsigned char *d
     if avail < 1:
+        want[0] = 1
         return 0
     if m[0] != CLIENT_HELLO:
         return E_NOT_CLIENT_HELLO
     if avail < 4:
+        want[0] = 4
         return 0
     end = (m[1] << 16) | (m[2] << 8) | m[3]
     if end > C_MAX_HELLO_LENGTH:
@@ -196,7 +205,7 @@ cdef int ch_message(const unsigned char *m, Py_ssize_t avail, ch_result *r) noex
     end += 4
     r.end = <int> end
     i = 4
-    rc = _need(i, 2, end, avail)
+    rc = _need(i, 2, end, avail, want)
     if rc <= 0:
         return rc
     r.legacy_version = _be16(m + i)
@@ -205,7 +214,7 @@ cdef int ch_message(const unsigned char *m, Py_ssize_t avail, ch_result *r) noex
     i += 2 + 32  # random: stepped over
     if i > end:
         return E_MALFORMED
-    rc = _need(i, 1, end, avail)
+    rc = _need(i, 1, end, avail, want)
     if rc <= 0:
         return rc
     if m[i] > 32:
@@ -213,7 +222,7 @@ cdef int ch_message(const unsigned char *m, Py_ssize_t avail, ch_result *r) noex
     i += 1 + m[i]
     if i > end:
         return E_MALFORMED
-    rc = _need(i, 2, end, avail)
+    rc = _need(i, 2, end, avail, want)
     if rc <= 0:
         return rc
     cs_len = _be16(m + i)
@@ -224,11 +233,11 @@ cdef int ch_message(const unsigned char *m, Py_ssize_t avail, ch_result *r) noex
     i += 2 + cs_len
     if i > end:
         return E_MALFORMED
-    rc = _need(i, 1, end, avail)
+    rc = _need(i, 1, end, avail, want)
     if rc <= 0:
         return rc
     cm_len = m[i]
-    rc = _need(i + 1, cm_len, end, avail)
+    rc = _need(i + 1, cm_len, end, avail, want)
     if rc <= 0:
         return rc
     if cm_len == 0 or memchr(m + i + 1, 0, cm_len) == NULL:
@@ -237,7 +246,7 @@ cdef int ch_message(const unsigned char *m, Py_ssize_t avail, ch_result *r) noex
     r.exts.off = <int> i
     r.exts.len = 0
     if i < end:
-        rc = _need(i, 2, end, avail)
+        rc = _need(i, 2, end, avail, want)
         if rc <= 0:
             return rc
         if i + 2 + _be16(m + i) != end:
@@ -246,7 +255,10 @@ cdef int ch_message(const unsigned char *m, Py_ssize_t avail, ch_result *r) noex
         r.exts.off = <int> i
         r.exts.len = <int> (end - i)
         while i < end:
-            rc = _need(i, 4, end, avail)
+            if count == C_MAX_EXTENSIONS:
+                return E_TOO_LARGE
+            count += 1
+            rc = _need(i, 4, end, avail, want)
             if rc <= 0:
                 return rc
             t = _be16(m + i)
@@ -279,7 +291,7 @@ cdef int ch_message(const unsigned char *m, Py_ssize_t avail, ch_result *r) noex
                 bits[t >> 6] |= (<uint64_t> 1) << (t & 63)
             prev = t
             if t == EXT_SERVER_NAME or t == EXT_ALPN or t == EXT_SUPPORTED_VERSIONS:
-                rc = _need(i, elen, end, avail)
+                rc = _need(i, elen, end, avail, want)
                 if rc <= 0:
                     return rc
                 d = m + i
@@ -293,6 +305,7 @@ cdef int ch_message(const unsigned char *m, Py_ssize_t avail, ch_result *r) noex
                     return rc
             i += elen
     if avail < end:
+        want[0] = end
         return 0
     return 1
 
@@ -305,6 +318,8 @@ cdef int ch_walk(const unsigned char *p, Py_ssize_t n, ch_records *w) noexcept n
     w.count = 0
     w.avail = 0
     w.declared = 0
+    w.pos = 0
+    w.more = True
     while pos < n and (needed < 0 or w.declared < needed):
         if w.count == C_MAX_RECORDS:
             return E_TOO_LARGE
@@ -331,6 +346,8 @@ cdef int ch_walk(const unsigned char *p, Py_ssize_t n, ch_records *w) noexcept n
                     j += 1
                     q += 1
             needed = 4 + ((hdr[1] << 16) | (hdr[2] << 8) | hdr[3])
+    w.pos = pos
+    w.more = needed < 0 or w.declared < needed
     return 0
 
 
@@ -435,14 +452,18 @@ cdef class ClientHello:
                 f"{len(self.cipher_suites)} suites, {len(self.extensions)} extensions, records={self.records})")
 
 
-cdef object _peek(object data, const unsigned char *p, Py_ssize_t n, bint exact):
-    """Records, then the message (the twin's ``peek``): a ClientHello, None, or the error raised."""
+cdef object _peek(object data, const unsigned char *p, Py_ssize_t n, bint exact, Py_ssize_t *want):
+    """Records, then the message (the twin's ``peek_with_hint``): a ClientHello (``want`` 0), None
+    (``want`` set), or the error raised."""
     cdef ch_records w
     cdef ch_result r
     cdef int rc, rec_rc
+    cdef Py_ssize_t payload_want = 0, avail
     cdef bytes gathered = None
     cdef ClientHello h
+    want[0] = 0
     if n == 0:
+        want[0] = 1
         return None
     if p[0] != HANDSHAKE:
         raise ClientHelloError(REASONS[-E_NOT_TLS - 1])
@@ -452,18 +473,28 @@ cdef object _peek(object data, const unsigned char *p, Py_ssize_t n, bint exact)
     r.versions.off = -1
     rec_rc = ch_walk(p, n, &w)
     if w.count <= 1:
-        rc = ch_message(p + 5, w.avail, &r)
+        avail = w.avail
+        rc = ch_message(p + 5, avail, &r, &payload_want)
     else:
         gathered = _gather(p, n, &w)
-        rc = ch_message(<const unsigned char *> PyBytes_AS_STRING(gathered), PyBytes_GET_SIZE(gathered), &r)
+        avail = PyBytes_GET_SIZE(gathered)
+        rc = ch_message(<const unsigned char *> PyBytes_AS_STRING(gathered), avail, &r, &payload_want)
     if rc == 0:
-        rc = rec_rc  # the message stops where a bad record header starts: that header is the error
-    elif rc > 0 and w.declared != r.end:
-        rc = E_MALFORMED  # the last record goes on past the ClientHello
-    if rc == 0:
+        if rec_rc < 0:
+            # the message stops where a bad record header starts: that header is the error
+            raise ClientHelloError(REASONS[-rec_rc - 1])
+        # each byte still to come adds at most one payload byte; a record header yet to come is
+        # checked from its first byte on
+        want[0] = n + payload_want - avail
+        if w.pos < n:
+            want[0] = n + 1
+        elif w.more and w.pos + 1 < want[0]:
+            want[0] = w.pos + 1
         return None
     if rc < 0:
         raise ClientHelloError(REASONS[-rc - 1])
+    if w.declared != r.end:
+        raise ClientHelloError(REASONS[-E_MALFORMED - 1])  # the last record goes on past the ClientHello
     h = ClientHello.__new__(ClientHello)
     h.r = r
     h._records = w.count
@@ -479,18 +510,31 @@ cdef object _peek(object data, const unsigned char *p, Py_ssize_t n, bint exact)
     return h
 
 
+cdef object _dispatch(object data, Py_ssize_t *want):
+    cdef Py_buffer view
+    if PyBytes_CheckExact(data):
+        return _peek(data, <const unsigned char *> PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), True, want)
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        return _peek(data, <const unsigned char *> view.buf, view.len, False, want)
+    finally:
+        PyBuffer_Release(&view)
+
+
 def peek(data):
     """Peek at the ClientHello at the start of ``data`` (bytes, bytearray or memoryview holding
     every byte the client sent so far; tls.md §2). Returns a :class:`ClientHello`, None when more
     bytes are needed, or raises :class:`ClientHelloError` with the reason."""
-    cdef Py_buffer view
-    if PyBytes_CheckExact(data):
-        return _peek(data, <const unsigned char *> PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), True)
-    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-    try:
-        return _peek(data, <const unsigned char *> view.buf, view.len, False)
-    finally:
-        PyBuffer_Release(&view)
+    cdef Py_ssize_t want
+    return _dispatch(data, &want)
+
+
+def peek_with_hint(data):
+    """:func:`peek`, plus how long ``data`` must grow before another peek can answer differently:
+    ``(hello, 0)`` or ``(None, n)`` (the twin's docstring has the rule)."""
+    cdef Py_ssize_t want
+    h = _dispatch(data, &want)
+    return h, want
 
 
 # -- classify ----------------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ Wire format: TLS records (RFC 8446 §5.1, RFC 5246 §6.2.1) carrying one ClientH
 which needs the SNI and the ALPN list before the handshake starts.
 
 :func:`peek` takes the bytes received so far and returns a :class:`ClientHello`, None when the bytes
-are a valid beginning of one that is not complete yet, or raises :class:`ClientHelloError`. The
+are a valid beginning of one that is not complete yet, or raises :class:`ClientHelloError`.
+:func:`peek_with_hint` also says how many bytes must be buffered before peeking again can answer
+differently; a driver that waits for them does a bounded number of peeks per ClientHello (about
+one per extension and record) however the client splits its bytes, instead of one per read. The
 result depends only on the bytes; every check is made as soon as the bytes it needs are present, so:
 
 * feeding a valid ClientHello one byte at a time gives None until its last byte arrives;
@@ -23,9 +26,10 @@ Reasons (:mod:`clienthello_errors`; the compiled peek gives the same ones for th
   layer, RFC 5246 Appendix E.1), its length is 0 or over 2^14 (RFC 8446 §5.1), or a record that
   continues the ClientHello is not a handshake record (RFC 8446 §5.1: no interleaving).
 * ``not-client-hello`` -- the first handshake message type is not client_hello (1).
-* ``too-large`` -- the ClientHello declares more than :data:`MAX_HELLO_LENGTH` bytes, or it needs
-  more than :data:`MAX_RECORDS` records. Real ClientHellos are a few KiB (a post-quantum key share
-  included); the bounds keep the buffered bytes and the work per connection small.
+* ``too-large`` -- the ClientHello declares more than :data:`MAX_HELLO_LENGTH` bytes, needs more
+  than :data:`MAX_RECORDS` records, or has more than :data:`MAX_EXTENSIONS` extensions. Real
+  ClientHellos are a few KiB (a post-quantum key share included) with about 20 extensions; the
+  bounds keep the buffered bytes and the work per connection small.
 * ``malformed`` -- anything else: a length overrunning its container (record, message, extension
   block, extension), bytes left over inside one, ``legacy_version`` below 0x0300, a session id over
   32 bytes, an empty or odd-length cipher suite list, no null compression method (RFC 5246
@@ -56,13 +60,14 @@ from typing import Iterable
 from stalwart._fast.clienthello_errors import (BAD_RECORD, MALFORMED, NOT_CLIENT_HELLO, NOT_TLS, REASONS,
                                                TOO_LARGE, ClientHelloError)
 
-__all__ = ["ClientHello", "ClientHelloError", "REASONS", "peek", "classify", "MAX_HELLO_LENGTH", "MAX_RECORDS",
-           "MAX_RECORD_LENGTH", "server_name_ext", "alpn_ext", "versions_ext", "client_hello_message",
+__all__ = ["ClientHello", "ClientHelloError", "REASONS", "peek", "peek_with_hint", "classify", "MAX_HELLO_LENGTH",
+           "MAX_RECORDS", "MAX_RECORD_LENGTH", "MAX_EXTENSIONS", "server_name_ext", "alpn_ext", "versions_ext", "client_hello_message",
            "to_records", "build"]
 
 MAX_HELLO_LENGTH = 65536  # bytes of ClientHello body (the handshake length field)
 MAX_RECORDS = 32
 MAX_RECORD_LENGTH = 16384  # RFC 8446 §5.1: TLSPlaintext.length MUST NOT exceed 2^14
+MAX_EXTENSIONS = 128  # real clients send about 20; the bound keeps a peek's work small
 
 HANDSHAKE = 22
 CLIENT_HELLO = 1
@@ -117,7 +122,8 @@ class ClientHello:
 
 
 class _NeedMore(Exception):
-    """Internal: the bytes stop before the next thing to check. Never leaves this module."""
+    """Internal: the bytes stop before the next thing to check; ``args[0]`` is the payload length
+    the check needs. Never leaves this module."""
 
 
 def _fail(reason: str):
@@ -182,16 +188,17 @@ def _versions(d: bytes) -> tuple:
     return tuple(int.from_bytes(d[k:k + 2], "big") for k in range(1, len(d), 2))
 
 
-def _message(m: bytes | bytearray) -> tuple | None:
+def _message(m: bytes | bytearray) -> tuple | int:
     """The ClientHello handshake message at the start of ``m`` (all the payload gathered so far):
-    the extracted fields, None when it stops too early, or a raised error."""
+    the extracted fields, or (when it stops too early) the payload length the next check needs, or
+    a raised error."""
     avail = len(m)
     if avail < 1:
-        return None
+        return 1
     if m[0] != CLIENT_HELLO:
         _fail(NOT_CLIENT_HELLO)
     if avail < 4:
-        return None
+        return 4
     length = int.from_bytes(m[1:4], "big")
     if length > MAX_HELLO_LENGTH:
         _fail(TOO_LARGE)
@@ -202,7 +209,7 @@ def _message(m: bytes | bytearray) -> tuple | None:
         if i + k > end:
             _fail(MALFORMED)
         if i + k > avail:
-            raise _NeedMore
+            raise _NeedMore(i + k)
 
     def skip(i: int, k: int) -> int:
         """Bytes [i, i+k) are stepped over: they only have to lie inside the message."""
@@ -243,6 +250,8 @@ def _message(m: bytes | bytearray) -> tuple | None:
             i += 2
             seen: set[int] = set()
             while i < end:
+                if len(types) == MAX_EXTENSIONS:
+                    _fail(TOO_LARGE)
                 need(i, 4)
                 t = int.from_bytes(m[i:i + 2], "big")
                 elen = int.from_bytes(m[i + 2:i + 4], "big")
@@ -262,9 +271,9 @@ def _message(m: bytes | bytearray) -> tuple | None:
                         versions = _versions(d)
                 i += elen
         if avail < end:
-            return None
-    except _NeedMore:
-        return None
+            return end
+    except _NeedMore as more:
+        return more.args[0]
     suites = tuple(int.from_bytes(m[k:k + 2], "big") for k in range(cs_off, cs_off + cs_len, 2))
     return (legacy_version, suites, sni, alpn, versions, tuple(types), end)
 
@@ -273,10 +282,18 @@ def peek(data) -> ClientHello | None:
     """Peek at the ClientHello at the start of ``data`` (bytes, bytearray or memoryview holding
     every byte the client sent so far). Returns a :class:`ClientHello`, None when more bytes are
     needed, or raises :class:`ClientHelloError` (rules in the module docstring)."""
+    return peek_with_hint(data)[0]
+
+
+def peek_with_hint(data) -> tuple[ClientHello | None, int]:
+    """:func:`peek`, plus how long ``data`` must grow before another peek can answer differently:
+    ``(hello, 0)``, or ``(None, n)`` where every extension of ``data`` shorter than ``n`` bytes is
+    still incomplete. A driver that peeks again only from ``n`` bytes on does a bounded number of
+    peeks per ClientHello however the client splits its bytes (one peek re-reads the whole buffer)."""
     data = bytes(data)
     n = len(data)
     if n == 0:
-        return None
+        return None, 1
     if data[0] != HANDSHAKE:
         _fail(NOT_TLS)
     payload = bytearray()
@@ -303,13 +320,20 @@ def peek(data) -> ClientHello | None:
         if needed < 0 and len(payload) >= 4:
             needed = 4 + int.from_bytes(payload[1:4], "big")
     fields = _message(payload)
-    if fields is None:
+    if isinstance(fields, int):
         if record_error is not None:
             _fail(record_error)
-        return None
+        # Each byte still to come adds at most one payload byte; a record header yet to come is
+        # checked from its first byte on.
+        want = n + fields - len(payload)
+        if pos < n:
+            want = n + 1  # inside a record header
+        elif needed < 0 or declared < needed:
+            want = min(want, pos + 1)
+        return None, want
     if declared != fields[-1]:
         _fail(MALFORMED)  # the last record goes on past the ClientHello
-    return ClientHello(*fields[:-1], records)
+    return ClientHello(*fields[:-1], records), 0
 
 
 # -- classify ----------------------------------------------------------------------------------------
