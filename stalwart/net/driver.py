@@ -89,7 +89,7 @@ class Connection(asyncio.Protocol):
                 self.stage = _PROXY
                 self.buf = bytearray()
             return
-        if worker.access.is_blocked(packed):
+        if worker.access.is_blocked(packed) or worker.autoban.is_banned(packed):
             self._blocked()
             return
         if self._take_slot():
@@ -231,7 +231,7 @@ class Connection(asyncio.Protocol):
             self.remote_ip = socket.inet_ntop(socket.AF_INET if len(self.packed) == 4 else socket.AF_INET6,
                                               self.packed)
             self.remote_port = header.src_port
-            if self.worker.access.is_blocked(self.packed):
+            if self.worker.access.is_blocked(self.packed) or self.worker.autoban.is_banned(self.packed):
                 self._blocked()
                 return
         else:

@@ -28,6 +28,7 @@ from .._fast import load as load_kernel
 from ..config import Config
 from ..errors import BindError, ConfigError, ControlError, StalwartError
 from ..security.admin import AccessAdmin
+from ..security.autoban import SharedSecurity
 from ..security.store import KINDS, AccessStore
 from ..tls.store import CertificateStore
 from .worker import ACCESS_EPOCH, CERT_EPOCH
@@ -105,6 +106,7 @@ class Master:
         self.config: Config | None = None
         self.access: AccessStore | None = None
         self.access_admin: AccessAdmin | None = None
+        self.security: SharedSecurity | None = None  # auto-ban tables, shared with every worker
 
     # -- configuration -------------------------------------------------------------------------
     def load_config(self) -> Config:
@@ -137,7 +139,8 @@ class Master:
                                           [sockets[a.key()] for a in lst.bind]))
         self.gen_counter += 1
         return GenerationPlan(self.gen_counter, cfg, config_mod.hostname(cfg), config_mod.worker_count(cfg),
-                              listeners, tls=self._build_tls(cfg), extra={"access_db": self.access.path, "data_dir": self.data_dir})
+                              listeners, tls=self._build_tls(cfg), extra={"access_db": self.access.path, "data_dir": self.data_dir,
+                                                                            "security": self.security})
 
     # -- start ---------------------------------------------------------------------------------
     def run(self) -> int:
@@ -171,6 +174,9 @@ class Master:
         size = conntable.size_for(MAX_LISTENERS, MAX_WORKERS)
         self._shm = mmap.mmap(-1, size, flags=mmap.MAP_SHARED)
         self.table = conntable.ConnectionTable(self._shm, MAX_LISTENERS, MAX_WORKERS)
+        # Auto-ban tables, mapped before any fork; persisted bans go back in (security.md §5).
+        self.security = SharedSecurity()
+        self.security.load(self.access)
         try:
             plan = self._make_plan(cfg, sockets)
         except StalwartError as exc:
@@ -428,6 +434,8 @@ class Master:
             self._check_heartbeats()
             self._maintain()
             self.access_admin.purge()
+            if self.security.persist(self.access):
+                self.table.bump_epoch(ACCESS_EPOCH)  # HTTP per-request checks read the lists
             for conn in self.control.expire():
                 self._unregister(conn)
             if self.stopping:
@@ -584,7 +592,11 @@ class Master:
         cmd = req["command"]
         kind, _, action = cmd.partition(".")
         if kind in KINDS and action:
-            self.control.reply(conn, self.access_admin.command(kind, action, req, self.config))
+            lifted = kind == "blocked" and action == "remove" and self.security.unban(str(req.get("address")))
+            reply = self.access_admin.command(kind, action, req, self.config)
+            if lifted and not reply.get("ok"):  # a ban the master had not written yet
+                reply = {"ok": True, "message": f"lifted the ban of {req.get('address')}"}
+            self.control.reply(conn, reply)
         elif cmd == "reload":
             ok, message = self.reload()
             self.control.reply(conn, {"ok": ok, "message" if ok else "error": message})

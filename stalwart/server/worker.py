@@ -24,6 +24,7 @@ from .._fast import load as load_kernel
 from ..net.driver import Connection
 from ..protocols import session_factory
 from ..security.access import AccessLists, load_runtime
+from ..security.autoban import AutoBan, SharedSecurity
 from .plan import GenerationPlan, ListenerPlan
 
 ipset = load_kernel("ipset")
@@ -78,6 +79,10 @@ class Worker:
         self.sessions: set[Connection] = set()
         self.access_path = plan.extra.get("access_db")
         self.access = self._load_access()
+        # Auto-ban consumes the sessions' security events (security.md §4); the tables are the
+        # master's shared ones (a private pair when a worker is built without a master).
+        self.autoban = AutoBan(self, plan.extra.get("security") or SharedSecurity(8, 16), plan.config)
+        self.autoban.subscribe()
         self.log = events.log()
         self.trace_sessions = self.log.enabled("smtp.connection-start")
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -217,6 +222,7 @@ class Worker:
             self.table.beat(self.slot)
             if self.table.epoch(ACCESS_EPOCH) != self.access.epoch:
                 self._refresh_access()
+            self.autoban.sweep()
             now = loop.time()
             for conn in [c for c in self.sessions if c.idle_deadline() <= now]:
                 conn.timed_out()
