@@ -91,84 +91,58 @@ class _Ghosts:
     the table can double without the full hashes. Stamps count evictions modulo 2**32 and 0 marks
     an empty pair; a pair older than 2**32 evictions may pass for young, which at worst admits
     one key to hot.
+
+    Here each bucket is a dict ``tag -> stamp`` kept in recording order (a re-recorded tag
+    moves to the end), so the oldest pair is the first key; the compiled kernel scans its eight
+    pairs for the largest age instead. Both hold the same pairs after any sequence of calls.
     """
 
-    __slots__ = ("seq", "stamps", "tag_shift", "tags")
+    __slots__ = ("buckets", "seq", "slots", "tag_shift")
 
     def __init__(self) -> None:
-        self.tags: list[int] = []
-        self.stamps: list[int] = []
+        self.buckets: list[dict[int, int]] = []
+        self.slots = 0  # pairs the compiled table would have: WAYS per bucket
         self.tag_shift = 32
         self.seq = 0
 
-    @staticmethod
-    def tag_of(h: int) -> int:
-        return (((h & _MASK64) * _FIB) & _MASK64) >> 32
-
-    def _find(self, tag: int) -> int:
-        """Position of the first stamped pair with ``tag`` in its bucket, or NIL."""
-        if not self.tags:
-            return NIL
-        tags, stamps = self.tags, self.stamps
-        i = (tag >> self.tag_shift) * WAYS
-        end = i + WAYS
-        # list.index scans in C; this twin is the fallback when extensions are off
-        while True:
-            try:
-                i = tags.index(tag, i, end)
-            except ValueError:
-                return NIL
-            if stamps[i]:
-                return i
-            i += 1
-
-    def _place(self, tag: int, stamp: int) -> None:
-        """Store the pair over the first stamped pair with the same tag, else over the first
-        empty pair, else over the first of the oldest pairs (the compiled kernel's order)."""
-        victim = self._find(tag)
-        if victim == NIL:
-            base = (tag >> self.tag_shift) * WAYS
-            stamps = self.stamps
-            try:
-                victim = stamps.index(0, base, base + WAYS)
-            except ValueError:
-                seq = self.seq
-                victim = max(range(base, base + WAYS), key=lambda j: (seq - stamps[j]) & _MASK32)
-        self.tags[victim] = tag
-        self.stamps[victim] = stamp
-
     def _grow(self, window: int) -> None:
-        slots = max(64, len(self.tags))
+        slots = max(64, self.slots)
         while slots < window:
             slots *= 2
-        old = [(t, st) for t, st in zip(self.tags, self.stamps) if st]
-        self.tags = [0] * slots
-        self.stamps = [0] * slots
-        self.tag_shift = 32 - ((slots // WAYS).bit_length() - 1)
-        # each new bucket takes pairs from a single old bucket, so nothing is pushed out
-        for t, st in old:
-            self._place(t, st)
+        shift = 32 - ((slots // WAYS).bit_length() - 1)
+        buckets: list[dict[int, int]] = [{} for _ in range(slots // WAYS)]
+        # each new bucket takes pairs from a single old bucket, in their order: none is pushed out
+        for old in self.buckets:
+            for tag, stamp in old.items():
+                buckets[tag >> shift][tag] = stamp
+        self.buckets, self.slots, self.tag_shift = buckets, slots, shift
 
     def record(self, h: int, window: int) -> None:
         """Remember ``h`` as evicted now; the table grows to at least ``window`` pairs."""
-        if not self.tags or window > len(self.tags):
+        if not self.slots or window > self.slots:
             self._grow(window)
         self.seq = (self.seq + 1) & _MASK32 or 1
-        self._place(self.tag_of(h), self.seq)
+        tag = (((h & _MASK64) * _FIB) & _MASK64) >> 32
+        bucket = self.buckets[tag >> self.tag_shift]
+        if tag in bucket:
+            del bucket[tag]
+        elif len(bucket) >= WAYS:
+            del bucket[next(iter(bucket))]  # the oldest pair
+        bucket[tag] = self.seq
+
+    def _pop(self, h: int) -> int | None:
+        if not self.slots:
+            return None
+        tag = (((h & _MASK64) * _FIB) & _MASK64) >> 32
+        return self.buckets[tag >> self.tag_shift].pop(tag, None)
 
     def take(self, h: int, window: int) -> bool:
         """Whether ``h`` is a live ghost; its pair is emptied either way."""
-        i = self._find(self.tag_of(h))
-        if i == NIL:
-            return False
-        alive = (self.seq - self.stamps[i]) & _MASK32 < window
-        self.stamps[i] = 0
-        return alive
+        stamp = self._pop(h)
+        return stamp is not None and (self.seq - stamp) & _MASK32 < window
 
     def discard(self, h: int) -> None:
-        i = self._find(self.tag_of(h))
-        if i != NIL:
-            self.stamps[i] = 0
+        self._pop(h)
 
 
 class _Entry:
