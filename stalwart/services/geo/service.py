@@ -1,0 +1,210 @@
+"""ASN and country lookups for sessions: :class:`GeoService` (spec/services.md §3).
+
+How to use it (a worker, or the SMTP session that builds the ``Received:`` header)::
+
+    geo = GeoService.from_config(cfg.Asn, data_dir)    # once per configuration generation
+    info = geo.lookup(packed_ip)                        # GeoInfo | None, never blocks, never raises
+    info = await geo.resolve(packed_ip)                 # same, and queries DNS for the Dns variant
+
+``packed_ip`` is ``socket.inet_pton`` output (4 or 16 bytes; IPv4-mapped IPv6 counts as IPv4).
+``info.received_comment()`` is the ``(AS64500 EXAMPLE-NET, US)`` part of the ``Received:`` header;
+``info.asn`` and ``info.country`` go into session log events as ``Asn`` and ``Country``.
+
+For ``Resource`` and ``Mmdb`` the tables are files in ``<data-dir>/geo/`` written by the master's
+refresh helper; every worker maps them read-only (one copy in the page cache for all workers) and
+notices a new file within ``CHECK_INTERVAL``. Loopback addresses are never looked up; private and
+reserved ones are (a table may cover them). For ``Dns``, :meth:`GeoService.lookup` answers from the
+TXT cache only and :meth:`GeoService.resolve` queries.
+"""
+from __future__ import annotations
+
+import ipaddress
+import mmap
+import os
+import time
+
+from ... import events
+from ..._fast import load as load_kernel
+from .config import Asn, AsnDns, AsnMmdb, AsnResource
+from .dns import DnsAsn, DnsLookupError, TxtLookup
+from .info import GeoInfo
+from .refresh import table_path
+from .tables import ASN, COUNTRY
+
+rangetable = load_kernel("rangetable")
+
+CHECK_INTERVAL = 1.0  # s between checks for a new table file
+INFO_CACHE_LIMIT = 1 << 16
+
+
+class MappedTable:
+    """One table file mapped read-only, re-mapped when the path points at a new file."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.table = None
+        self.signature: tuple[int, int, int] | None = None
+        self._map: mmap.mmap | None = None
+
+    def refresh(self) -> bool:
+        """Map the file again if it changed; True when the table changed."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            changed = self.table is not None
+            self._drop()
+            return changed
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if sig == self.signature:
+            return False
+        self.signature = sig
+        try:
+            with open(self.path, "rb") as fh:
+                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            table = rangetable.RangeTable(mapped)
+        except (OSError, ValueError) as exc:  # RangeTableError is a ValueError
+            events.emit("resource.error", level="warn", Path=self.path, Reason=f"unusable table: {exc}")
+            self._drop()
+            return True
+        self._drop()
+        self.table, self._map = table, mapped
+        return True
+
+    def _drop(self) -> None:
+        if self.table is not None:
+            self.table.release()
+        self.table = None
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a view is still alive somewhere: the mapping goes with it
+                pass
+        self._map = None
+
+    def close(self) -> None:
+        self._drop()
+        self.signature = None
+
+
+class GeoService:
+    """ASN and country of client addresses; see the module docstring."""
+
+    def __init__(self, cfg: Asn, data_dir: str, txt: TxtLookup | None = None, clock=time.monotonic):
+        self.cfg = cfg
+        self.data_dir = data_dir
+        self.clock = clock
+        self.dns = DnsAsn(cfg, txt, clock=time.monotonic) if isinstance(cfg, AsnDns) else None
+        self.tables: dict[str, MappedTable] = {}
+        if isinstance(cfg, (AsnResource, AsnMmdb)):
+            self.tables = {kind: MappedTable(table_path(data_dir, kind)) for kind in (ASN, COUNTRY)}
+        self._asn: MappedTable | None = self.tables.get(ASN)
+        self._country: MappedTable | None = self.tables.get(COUNTRY)
+        self._next_check = 0.0
+        self._infos: dict[tuple[int, int], GeoInfo] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Asn, data_dir: str, txt: TxtLookup | None = None) -> "GeoService":
+        return cls(cfg, data_dir, txt)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tables) or self.dns is not None
+
+    def _check(self) -> None:
+        now = self.clock()
+        if now < self._next_check:
+            return
+        self._next_check = now + CHECK_INTERVAL
+        changed = False
+        for mt in self.tables.values():
+            changed |= mt.refresh()
+        if changed:
+            self._infos = {}
+
+    def lookup(self, packed: bytes) -> GeoInfo | None:
+        """ASN and country of ``packed`` from the tables (or the DNS cache); None when unknown."""
+        if not self.tables:
+            if self.dns is None:
+                return None
+            ip = _address(packed)
+            if ip is None or ip.is_loopback:
+                return None
+            return self.dns.cached(_canonical(ip))[1]
+        self._check()
+        if len(packed) == 4:
+            if packed[0] == 127:
+                return None
+        elif len(packed) == 16:
+            if packed == _V6_LOOPBACK or (packed[:12] == _V4_MAPPED and packed[12] == 127):
+                return None
+        else:
+            return None
+        a = self._asn.table.find(packed) if self._asn.table is not None else -1
+        c = self._country.table.find(packed) if self._country.table is not None else -1
+        if a < 0 and c < 0:
+            return None
+        key = (a, c)
+        info = self._infos.get(key)
+        if info is None:
+            if len(self._infos) >= INFO_CACHE_LIMIT:
+                self._infos = {}
+            asn, name = self._asn.table.value(a) if a >= 0 else (None, None)
+            cc = self._country.table.value(c)[1] if c >= 0 else None
+            info = self._infos[key] = GeoInfo(asn, name or None, cc)
+        return info
+
+    async def resolve(self, packed: bytes) -> GeoInfo | None:
+        """Like :meth:`lookup`, but the ``Dns`` variant queries the zone on a cache miss. A failed
+        query is logged and answers None; it never raises."""
+        if self.dns is None:
+            return self.lookup(packed)
+        ip = _address(packed)
+        if ip is None or ip.is_loopback:
+            return None
+        try:
+            return await self.dns.lookup(ip, _canonical(ip))
+        except DnsLookupError as exc:
+            events.emit("resource.error", level="debug", Reason=str(exc))
+            return None
+
+    def resolve_sync(self, packed: bytes) -> GeoInfo | None:
+        """Blocking :meth:`resolve`, for the control socket and the CLI (never a worker)."""
+        if self.dns is None:
+            return self.lookup(packed)
+        ip = _address(packed)
+        if ip is None or ip.is_loopback:
+            return None
+        return self.dns.lookup_sync(ip, _canonical(ip))
+
+    def status(self) -> dict:
+        """What each table holds: ranges and build time (for ``stalwart-cli geo status``)."""
+        self._next_check = 0.0
+        self._check()
+        out = {}
+        for kind, mt in self.tables.items():
+            t = mt.table
+            out[kind] = None if t is None else {"ranges": len(t), "ipv4": t.n4, "ipv6": t.n6,
+                                               "values": t.nvals, "builtAt": int(t.built_at)}
+        return out
+
+    def close(self) -> None:
+        for mt in self.tables.values():
+            mt.close()
+
+
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+_V6_LOOPBACK = b"\x00" * 15 + b"\x01"
+
+
+def _address(packed: bytes):
+    try:
+        ip = ipaddress.ip_address(packed)
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _canonical(ip) -> bytes:
+    return ip.packed
