@@ -107,7 +107,12 @@ def cli_main(argv: list[str] | None = None) -> int:
         rm = actions.add_parser("remove", help="remove an address or network")
         _common(rm, suppress=True)
         rm.add_argument("address")
+    from .services.geo.commands import add_geo_parser, run as geo_run
+
+    add_geo_parser(sub, _common)
     args = parser.parse_args(argv)
+    if args.command == "geo":
+        return geo_run(args, _data_dir(args))
     payload: dict = {}
     command = args.command
     if command == "dns-records":

@@ -30,6 +30,7 @@ from ..errors import BindError, ConfigError, ControlError, StalwartError
 from ..security.admin import AccessAdmin
 from ..security.autoban import SharedSecurity
 from ..security.store import KINDS, AccessStore
+from ..services.geo.manager import GeoRefresher
 from ..tls.store import CertificateStore
 from .worker import ACCESS_EPOCH, CERT_EPOCH
 from .control import ControlServer, socket_path
@@ -104,6 +105,7 @@ class Master:
         self.table = None
         self._wake_r = self._wake_w = -1
         self.config: Config | None = None
+        self.geo: GeoRefresher | None = None  # ASN/GeoIP tables: schedule and refresh helper
         self.access: AccessStore | None = None
         self.access_admin: AccessAdmin | None = None
         self.security: SharedSecurity | None = None  # auto-ban tables, shared with every worker
@@ -183,6 +185,9 @@ class Master:
             print(f"stalwartd: {exc}", file=sys.stderr)
             return 1
         self.config = cfg
+        # Last good ASN/GeoIP tables serve at once; due ones are rebuilt by a helper process.
+        self.geo = GeoRefresher(self.data_dir)
+        self.geo.configure(cfg.Asn)
         self._install_signals()
         self.sel.register(self.control.sock, selectors.EVENT_READ, "control")
         with open(os.path.join(self.data_dir, "stalwartd.pid"), "w") as fh:
@@ -433,6 +438,7 @@ class Master:
                 return 1
             self._check_heartbeats()
             self._maintain()
+            self.geo.tick()
             self.access_admin.purge()
             if self.security.persist(self.access):
                 self.table.bump_epoch(ACCESS_EPOCH)  # HTTP per-request checks read the lists
@@ -548,6 +554,7 @@ class Master:
         removed = self.sockets.commit(cfg, sockets)
         self.generation = new
         self.config = cfg
+        self.geo.configure(cfg.Asn)
         old.retiring = True
         now = time.monotonic()
         for proc in old.workers.values():
@@ -597,6 +604,8 @@ class Master:
             if lifted and not reply.get("ok"):  # a ban the master had not written yet
                 reply = {"ok": True, "message": f"lifted the ban of {req.get('address')}"}
             self.control.reply(conn, reply)
+        elif kind == "geo" and action:
+            self.control.reply(conn, self.geo.command(action, req))
         elif cmd == "reload":
             ok, message = self.reload()
             self.control.reply(conn, {"ok": ok, "message" if ok else "error": message})
@@ -637,6 +646,8 @@ class Master:
                 sock.close()
         if self.control is not None:
             self.control.close()
+        if self.geo is not None:
+            self.geo.close()
         if self.access is not None:
             self.access.close()
         try:
