@@ -3,11 +3,14 @@
 import json
 import shutil
 import subprocess
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness import Server, free_port, listener
+from stalwart.accounts import hash_password
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed (scripts/test-deps)")
 
@@ -23,8 +26,10 @@ def http(tmp_path_factory):
     cfg = {
         "SystemSettings": {"defaultHostname": "mail.example.test", "threadPoolSize": 2,
                            "proxyTrustedNetworks": ["127.0.0.2"]},
-        "Http": {"useXForwarded": True},
+        "Http": {"useXForwarded": True, "administrators": ["admin"]},
         "BlockedIp": [{"address": "203.0.113.0/24"}],
+        "Domain": [{"name": "example.org"}],
+        "Account": [{"name": "admin", "secret": hash_password("adm1n pass", ln=4), "emails": ["admin@example.org"]}],
         "NetworkListener": [listener("http", "http", port)],
     }
     srv = Server(tmp_path_factory.mktemp("http"), cfg, extra_args=["--log-level", "debug"]).start()
@@ -86,3 +91,41 @@ def test_banned_path_is_logged_and_404(http):
     assert code == 404 and json.loads(body)["status"] == 404
     log = srv.wait_log("security.banned-path")
     assert "RemoteIp=198.51.100.77" in log.split("security.banned-path", 1)[1].splitlines()[0]
+
+
+def test_management_api_with_curl(http):
+    srv, base = http
+    admin = ("-u", "admin:adm1n pass")
+    code, body = curl(base + "/api/status", *admin)
+    assert code == 200 and json.loads(body)["listeners"] == {"http": 1}
+    code, _ = curl(base + "/api/status", "-u", "admin:wrong")
+    assert code == 401
+    srv.wait_log("AccountName=admin Protocol=http")
+    code, _ = curl(base + "/api/status")
+    assert code == 401
+
+    # a block added through the API reaches every worker, like `stalwart-cli blocked add`
+    code, body = curl(base + "/api/blocked-ip", *admin, "-H", "Content-Type: application/json",
+                      "--data-binary", '{"address": "198.51.100.0/24", "reason": "manual"}')
+    assert code == 201 and json.loads(body)["entry"]["address"] == "198.51.100.0/24"
+    time.sleep(1.0)  # propagation bound: 1 s
+    fwd = ("-H", "X-Forwarded-For: 198.51.100.20")
+    assert all(curl(base + "/healthz/live", *fwd, source="127.0.0.2")[0] == 403 for _ in range(6))
+    code, body = curl(base + "/api/blocked-ip", *admin)
+    assert "198.51.100.0/24" in {e["address"] for e in json.loads(body)["entries"]}
+    code, _ = curl(base + "/api/blocked-ip/198.51.100.0%2F24", *admin, "-X", "DELETE")
+    assert code == 200
+    code, _ = curl(base + "/api/blocked-ip/203.0.113.0%2F24", *admin, "-X", "DELETE")
+    assert code == 409  # from the configuration file
+    time.sleep(1.0)
+    assert curl(base + "/healthz/live", *fwd, source="127.0.0.2")[0] == 200
+
+    code, body = curl(base + "/metrics", *admin)
+    assert code == 200
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert {s.labels["listener"] for s in families["stalwart_connections"].samples} == {"http"}
+    assert families["stalwart_workers"].samples
+
+    code, body = curl(base + "/api/reload", *admin, "-X", "POST")
+    assert code == 200, body
+    srv.wait_log("server.reload-complete")

@@ -40,7 +40,7 @@ def session_factory(protocol: str, cfg: Config, data_dir: str | None = None,
     if protocol == "manageSieve":
         return lambda ctx: ManageSieveSession(ctx, imap_timeout)
     if protocol == "http":
-        http = HttpService(cfg)  # compiled once per listener and configuration load
+        http = HttpService(cfg, data_dir=data_dir)  # compiled once per listener and configuration load
         return lambda ctx: HttpSession(ctx, service=http)
     raise ValueError(f"unknown protocol {protocol!r}")
 

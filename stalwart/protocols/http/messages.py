@@ -1,6 +1,8 @@
 """Requests and responses as the HTTP core hands them to handlers, and problem+json errors (RFC 9457)."""
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 REASONS = {
@@ -68,3 +70,15 @@ def problem(status: int, detail: str | None = None, title: str | None = None) ->
         "detail": detail if detail is not None else _DETAILS.get(status, _TITLES.get(status, "")),
     })
     return Response(status, body, PROBLEM, [NO_STORE])
+
+
+class Deferred(msgspec.Struct):
+    """A response that needs work off the event loop (a password check, the master's control socket).
+
+    The session hands ``fn(*args)`` to the driver as a :class:`~stalwart.protocols.base.Blocking`
+    job, reads no further request until it is done, then answers ``finish(result, error)``.
+    """
+
+    fn: Any
+    args: tuple
+    finish: Any

@@ -27,7 +27,8 @@ from ...config import hostname as config_hostname
 from ..base import SessionContext
 from .autoconfig import Autoconfig, parse_autodiscover
 from .forwarded import ClientAddress, attribute, pack
-from .messages import CORS, REASONS, Request, Response, problem
+from .management import ManagementApi
+from .messages import CORS, REASONS, Deferred, Request, Response, problem
 from .paths import BannedPaths, decode_path, request_path
 
 ipset = load_kernel("ipset")
@@ -70,8 +71,9 @@ class HttpService:
     """Request processing for one HTTP listener under one configuration."""
 
     def __init__(self, cfg: Config, clock: Callable[[], float] = time.time,
-                 routes: dict[str, dict[str, Handler]] | None = None):
+                 routes: dict[str, dict[str, Handler]] | None = None, data_dir: str | None = None):
         hostname = config_hostname(cfg)
+        self.management = ManagementApi(cfg, data_dir)
         self.clock = clock
         self.routes = dict(DEFAULT_ROUTES if routes is None else routes)
         self.autoconfig = Autoconfig(cfg, hostname, clock, os.environ.get("STALWART_PUBLIC_URL"))
@@ -129,22 +131,22 @@ class HttpService:
 
         if not trusted(peer):
             if any(n in (b"forwarded", b"x-forwarded-for") for n, _ in headers):
-                events.emit("http.x-forwarded-ignored", level="debug", SpanId=ctx.extra.get("span", 0),
+                events.emit("http.x-forwarded-ignored", level="debug", SpanId=ctx.span_id,
                             RemoteIp=ctx.remote_ip, Reason="peer is not a trusted proxy")
             return ClientAddress(ctx.remote_ip, peer, exempt=ctx.extra.get("exempt", False))
         found = attribute(headers, ctx.remote_ip, peer, trusted)
         if found.missing:
-            events.emit("http.x-forwarded-missing", SpanId=ctx.extra.get("span", 0), RemoteIp=ctx.remote_ip)
+            events.emit("http.x-forwarded-missing", SpanId=ctx.span_id, RemoteIp=ctx.remote_ip)
         return found
 
     def respond(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes,
-                ctx: SessionContext) -> Response:
+                ctx: SessionContext) -> Response | Deferred:
         client = self.client(headers, ctx)
         access = ctx.extra.get("access")
         lists = access() if access is not None else None
         if lists is not None and not client.exempt and lists.is_blocked(client.packed):
             events.emit("security.ip-blocked", ListenerId=ctx.listener, RemoteIp=client.ip,
-                        SpanId=ctx.extra.get("span", 0))
+                        SpanId=ctx.span_id)
             return problem(403)
         raw, _, query = target.partition("?")
         raw = raw.split("#", 1)[0] if raw.startswith("/") else request_path(target)
@@ -154,15 +156,17 @@ class HttpService:
             # security.md §6: a banned path bans the address. Until the auto-ban store exists the match
             # is logged and the request refused as if nothing were there.
             events.emit("security.banned-path", level="warn", ListenerId=ctx.listener, RemoteIp=client.ip,
-                        SpanId=ctx.extra.get("span", 0), Path=path, Details=glob)
+                        SpanId=ctx.span_id, Path=path, Details=glob)
             return problem(404)
         req = Request(method, target, headers, body, path, dict(parse_qsl(query.split("#", 1)[0])) if query else {},
                       client.ip, client.exempt)
         return self.route(req, ctx)
 
     # -- step 4 ------------------------------------------------------------------------------
-    def route(self, req: Request, ctx: SessionContext) -> Response:
+    def route(self, req: Request, ctx: SessionContext) -> Response | Deferred:
         path, method = req.path, req.method
+        if self.management.claims(path):
+            return self.management.handle(req, ctx)
         by_method = self.routes.get(path)
         if by_method is not None:
             handler = by_method.get(method)

@@ -6,11 +6,13 @@ means is decided by the listener's :class:`~stalwart.protocols.http.service.Http
 """
 from __future__ import annotations
 
+from typing import Any
+
 import h11
 
 from ...config import Config
-from ..base import SessionContext, SessionCore
-from .messages import REASONS, Response, problem
+from ..base import Blocking, SessionContext, SessionCore
+from .messages import Deferred, Response, problem
 from .service import Handler, HttpService
 
 MAX_HEAD = 16 * 1024  # request line + headers; over it -> 431
@@ -30,6 +32,7 @@ class HttpSession(SessionCore):
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self._request: h11.Request | None = None
         self._body = bytearray()
+        self._pending: tuple | None = None  # (finish, head) of a Deferred response being worked on
 
     @property
     def idle_timeout_ms(self) -> int:
@@ -41,6 +44,9 @@ class HttpSession(SessionCore):
 
     def receive_data(self, data: bytes) -> None:
         if self.closed:
+            return
+        if self._pending is not None:
+            self._conn.receive_data(data)  # kept for after the pending response (or seen as EOF then)
             return
         try:
             self._conn.receive_data(data)
@@ -71,16 +77,41 @@ class HttpSession(SessionCore):
                 self._body += ev.data
             elif isinstance(ev, h11.EndOfMessage):
                 self._dispatch()
-                if self.closed:
+                if self._pending is not None or not self._next_cycle():
                     return
-                if conn.our_state is h11.MUST_CLOSE or self.draining:
-                    self._send(b"", close=True)
-                    return
-                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                    conn.start_next_cycle()
             elif isinstance(ev, h11.ConnectionClosed):
                 self._send(b"", close=True)
                 return
+
+    def _next_cycle(self) -> bool:
+        """After a response: close, or get ready for the next pipelined request. False: stop."""
+        conn = self._conn
+        if self.closed:
+            return False
+        if conn.our_state is h11.MUST_CLOSE or self.draining:
+            self._send(b"", close=True)
+            return False
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        return True
+
+    def blocking_done(self, result: Any, error: BaseException | None) -> None:
+        """The off-loop work of a :class:`Deferred` response is done: answer, then read on."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        finish, head = pending
+        try:
+            resp = finish(result, error)
+            self._reply(resp, head=head, close=resp.close)
+            if self._next_cycle():
+                self._pump()
+        except h11.RemoteProtocolError as exc:
+            self._fail(exc.error_status_hint or 400)
+        except h11.LocalProtocolError:
+            self.closed = True
+            self._send(b"", close=True)
 
     @staticmethod
     def _content_length(req: h11.Request) -> int | None:
@@ -100,6 +131,12 @@ class HttpSession(SessionCore):
         head = method == "HEAD"
         # http.md §1: HEAD is answered on every route that answers GET, with GET's headers.
         resp = self.service.respond("GET" if head else method, target, req.headers, bytes(self._body), self.ctx)
+        if isinstance(resp, Deferred):
+            # Reading stops here (the driver pauses the socket and pipelined requests wait in h11)
+            # until blocking_done() brings the result.
+            self._pending = (resp.finish, head)
+            self._events.append(Blocking(resp.fn, resp.args))
+            return
         self._reply(resp, head=head, close=resp.close)
 
     def _reply(self, resp: Response, head: bool = False, close: bool = False) -> None:

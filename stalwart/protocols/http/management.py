@@ -1,0 +1,264 @@
+"""Management API on HTTP listeners: status, allow/block lists, reload and Prometheus metrics (issue 7 item 3).
+
+Every operation goes through the master's control socket, exactly like ``stalwart-cli``, so a block
+added here has the same effect (persistent, live in every worker within the sweep interval) and the
+master stays the one writer of the lists. Callers authenticate with HTTP Basic (RFC 7617) as an
+account named in ``Http.administrators``; the password check and the control round trip run off the
+event loop as one :class:`~stalwart.protocols.http.messages.Deferred` job.
+
+=======  ===============================  ==========================================================
+Method   Path                             Effect
+=======  ===============================  ==========================================================
+GET      ``/api/status``                  workers, generation, open connections per listener
+GET      ``/api/blocked-ip``              list (``/api/allowed-ip`` alike)
+POST     ``/api/blocked-ip``              add ``{"address", "reason"?, "expiresAt"?}`` → ``201``
+DELETE   ``/api/blocked-ip/<address>``    remove (a CIDR's ``/`` may be written as is or ``%2F``)
+POST     ``/api/reload``                  reload the configuration (same as SIGHUP)
+GET      ``/metrics``                     Prometheus text exposition format 0.0.4
+=======  ===============================  ==========================================================
+
+A failed login is reported as ``auth.failed`` (security.md §4: counted by the auth ban category) and
+answered after a random 50–500 ms delay; a request without credentials is not counted.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from ... import events
+from ...accounts import Directory
+from ...config import Config
+from ...config.types import parse_utc
+from ...errors import ControlError
+from ...server.control import request as control_request
+from ..base import SessionContext
+from .messages import Deferred, Request, Response, problem
+
+KINDS = {"blocked-ip": "blocked", "allowed-ip": "allowed"}
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+CONTROL_TIMEOUT = 10.0
+RELOAD_TIMEOUT = 120.0
+_AUTH_FAILED = object()
+_CHALLENGE = ("WWW-Authenticate", 'Basic realm="stalwart", charset="UTF-8"')
+
+Call = tuple[str, dict, float]  # control command, its arguments, timeout
+
+
+def _unauthorized() -> Response:
+    resp = problem(401, "Authentication required.")
+    resp.headers = [*resp.headers, _CHALLENGE]
+    return resp
+
+
+def basic_credentials(value: bytes | None) -> tuple[str, str] | None:
+    """``(user, password)`` of an ``Authorization: Basic`` header (RFC 7617 §2), None otherwise."""
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        text = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = text.partition(":")
+    return (user, password) if sep and user else None
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def prometheus(status: dict, blocked: list, allowed: list) -> bytes:
+    """The text exposition format (Prometheus 0.0.4) of what the master knows right now."""
+    lines = [
+        "# HELP stalwart_connections Open connections per listener.",
+        "# TYPE stalwart_connections gauge",
+        *(f'stalwart_connections{{listener="{_label(name)}"}} {count}'
+          for name, count in sorted(status.get("listeners", {}).items())),
+        "# HELP stalwart_connections_server Open connections on the whole server.",
+        "# TYPE stalwart_connections_server gauge",
+        f"stalwart_connections_server {int(status.get('connections') or 0)}",
+        "# HELP stalwart_workers Worker processes by readiness.",
+        "# TYPE stalwart_workers gauge",
+    ]
+    workers = status.get("workers", [])
+    ready = sum(1 for w in workers if w.get("ready") and w.get("accepting"))
+    lines += [f'stalwart_workers{{state="accepting"}} {ready}',
+              f'stalwart_workers{{state="other"}} {len(workers) - ready}',
+              "# HELP stalwart_generation Configuration generation being served.",
+              "# TYPE stalwart_generation gauge",
+              f"stalwart_generation {int(status.get('generation') or 0)}",
+              "# HELP stalwart_ip_list_entries Entries of the allow and block lists, by list and reason.",
+              "# TYPE stalwart_ip_list_entries gauge"]
+    for kind, entries in (("blocked", blocked), ("allowed", allowed)):
+        counts: dict[str, int] = {}
+        for e in entries:
+            if not e.get("expired"):
+                reason = str(e.get("reason") or "-") if kind == "blocked" else e.get("source", "-")
+                counts[reason] = counts.get(reason, 0) + 1
+        if not counts:
+            lines.append(f'stalwart_ip_list_entries{{list="{kind}",reason=""}} 0')
+        for reason, n in sorted(counts.items()):
+            lines.append(f'stalwart_ip_list_entries{{list="{kind}",reason="{_label(reason)}"}} {n}')
+    return ("\n".join(lines) + "\n").encode()
+
+
+class ManagementApi:
+    """The management routes of one configuration load."""
+
+    def __init__(self, cfg: Config, data_dir: str | None):
+        self.directory = Directory.from_config(cfg)
+        self.admins = {n.lower() for n in cfg.Http.administrators}
+        self.data_dir = data_dir
+        self.enabled = bool(self.admins) and data_dir is not None
+
+    @staticmethod
+    def claims(path: str) -> bool:
+        return path == "/metrics" or path == "/api" or path.startswith("/api/")
+
+    def handle(self, req: Request, ctx: SessionContext) -> Response | Deferred:
+        if not self.enabled:
+            return problem(404)
+        plan = self._plan(req)
+        if isinstance(plan, Response):
+            return plan
+        calls, render = plan
+        creds = basic_credentials(req.header(b"authorization"))
+        if creds is None:
+            return _unauthorized()  # no credentials: not a failed login (security.md §4)
+        user, password = creds
+
+        def finish(result: Any, error: BaseException | None) -> Response:
+            if error is not None:
+                reason = str(error) if isinstance(error, ControlError) else type(error).__name__
+                events.emit("http.management-error", level="warn", SpanId=ctx.span_id, Reason=reason)
+                return problem(503, "The server's control socket did not answer.")
+            if result is _AUTH_FAILED:
+                events.emit("auth.failed", SpanId=ctx.span_id, ListenerId=ctx.listener, RemoteIp=req.client_ip,
+                            AccountName=user, Protocol="http")
+                return _unauthorized()
+            return render(result)
+
+        return Deferred(self._run, (user, password, calls), finish)
+
+    def _run(self, user: str, password: str, calls: list[Call]) -> Any:
+        """In a thread: the key derivation, then the control round trips."""
+        acct = self.directory.authenticate(user, password)
+        if acct is None or acct.name.lower() not in self.admins:
+            time.sleep(random.uniform(0.05, 0.5))  # security.md §4: failures answered after 50-500 ms
+            return _AUTH_FAILED
+        return [control_request(self.data_dir, cmd, timeout=timeout, **args) for cmd, args, timeout in calls]
+
+    # -- routes ------------------------------------------------------------------------------
+    def _plan(self, req: Request) -> tuple[list[Call], Callable[[list[dict]], Response]] | Response:
+        path, method = req.path, req.method
+        if path == "/metrics":
+            if method != "GET":
+                return _allow("GET, HEAD")
+            calls = [("status", {}, CONTROL_TIMEOUT), ("blocked.list", {}, CONTROL_TIMEOUT),
+                     ("allowed.list", {}, CONTROL_TIMEOUT)]
+            return calls, lambda r: Response(200, prometheus(r[0], r[1].get("entries", []), r[2].get("entries", [])),
+                                             PROMETHEUS, [("Cache-Control", "no-store")])
+        if path == "/api/status":
+            if method != "GET":
+                return _allow("GET, HEAD")
+            return [("status", {}, CONTROL_TIMEOUT)], _status
+        if path == "/api/reload":
+            if method != "POST":
+                return _allow("POST")
+            return [("reload", {}, RELOAD_TIMEOUT)], _reloaded
+        segment, _, rest = path[len("/api/"):].partition("/")
+        kind = KINDS.get(segment)
+        if kind is None:
+            return problem(404)
+        if not rest:
+            if method == "GET":
+                return [(f"{kind}.list", {}, CONTROL_TIMEOUT)], _listing
+            if method != "POST":
+                return _allow("GET, HEAD, POST")
+            args = _entry(req.body, kind)
+            if isinstance(args, Response):
+                return args
+            return [(f"{kind}.add", args, CONTROL_TIMEOUT)], _added
+        if method != "DELETE":
+            return _allow("DELETE")
+        return [(f"{kind}.remove", {"address": rest}, CONTROL_TIMEOUT)], _removed
+
+
+def _allow(methods: str) -> Response:
+    resp = problem(405)
+    resp.headers = [*resp.headers, ("Allow", methods)]
+    return resp
+
+
+def _json(status: int, doc: Any) -> Response:
+    return Response(status, msgspec.json.encode(doc), "application/json", [("Cache-Control", "no-store")])
+
+
+def _failed(reply: dict) -> Response:
+    error = str(reply.get("error", "failed"))
+    if "is not in the" in error:
+        return problem(404, error)
+    if "comes from the configuration file" in error:
+        return problem(409, error)
+    return problem(400, error)
+
+
+def _status(replies: list[dict]) -> Response:
+    reply = replies[0]
+    return _json(200, {k: v for k, v in reply.items() if k != "ok"}) if reply.get("ok") else _failed(reply)
+
+
+def _listing(replies: list[dict]) -> Response:
+    reply = replies[0]
+    return _json(200, {"entries": reply.get("entries", [])}) if reply.get("ok") else _failed(reply)
+
+
+def _added(replies: list[dict]) -> Response:
+    reply = replies[0]
+    return _json(201, {"entry": reply.get("entry")}) if reply.get("ok") else _failed(reply)
+
+
+def _removed(replies: list[dict]) -> Response:
+    reply = replies[0]
+    return _json(200, {"message": reply.get("message")}) if reply.get("ok") else _failed(reply)
+
+
+def _reloaded(replies: list[dict]) -> Response:
+    reply = replies[0]
+    return _json(200, {"message": reply.get("message")}) if reply.get("ok") else _failed(reply)
+
+
+def _entry(body: bytes, kind: str) -> dict | Response:
+    """The control arguments of a create request: ``address``, optional ``reason`` and ``expiresAt``
+    (RFC 3339 UTC or Unix seconds)."""
+    try:
+        doc = msgspec.json.decode(body) if body else None
+    except msgspec.DecodeError:
+        return problem(400, "The request body is not JSON.")
+    if not isinstance(doc, dict) or not isinstance(doc.get("address"), str):
+        return problem(400, 'Expected a JSON object with an "address".')
+    args: dict = {"address": doc["address"]}
+    reason = doc.get("reason")
+    if reason is not None:
+        if not isinstance(reason, str) or not reason:
+            return problem(400, '"reason" must be a non-empty string.')
+        args["reason"] = reason
+    expires = doc.get("expiresAt")
+    if expires is not None:
+        if isinstance(expires, str):
+            try:
+                expires = parse_utc(expires)
+            except ValueError as exc:
+                return problem(400, str(exc))
+        if not isinstance(expires, int) or isinstance(expires, bool):
+            return problem(400, '"expiresAt" must be an RFC 3339 UTC time or Unix seconds.')
+        args["expiresAt"] = expires
+    return args
