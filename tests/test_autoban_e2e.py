@@ -1,0 +1,274 @@
+"""Auto-ban through a real stalwartd with real clients (security.md §4-§5, issue 6).
+
+Loopback is always allowed (security.md §2), so clients that must be counted either come through
+a trusted proxy that names them in a PROXY header, or connect from documentation addresses
+(192.0.2.0/24, 2001:db8::/32) put on ``lo`` inside a private network namespace that the test
+creates for itself (no traffic ever leaves the namespace).
+"""
+import ctypes
+import json
+import os
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+import traceback
+
+import pytest
+
+from harness import Server, free_port, listener, recv_line
+from stalwart._fast import proxy_py
+from stalwart.accounts import hash_password
+
+PROXY_SRC = "127.0.0.3"  # the only trusted proxy
+CLONE_NEWNET = 0x40000000
+NETNS_ADDRESSES = ("192.0.2.1", "192.0.2.2", "2001:db8:1:2::5", "2001:db8:1:3::5")
+
+
+def run_in_netns(fn, *args, timeout=90.0):
+    """Run ``fn(*args)`` in a forked child inside a new network namespace with the documentation
+    addresses on ``lo``; its assertion errors are re-raised here."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(CLONE_NEWNET) != 0:
+                os.write(w, b"SKIP unshare(CLONE_NEWNET) is not permitted here")
+                code = 0
+            else:
+                subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+                for addr in NETNS_ADDRESSES:
+                    extra = ["nodad"] if ":" in addr else []
+                    subprocess.run(["ip", "addr", "add", addr + ("/128" if ":" in addr else "/32"), "dev", "lo",
+                                    *extra], check=True)
+                fn(*args)
+                code = 0
+        except BaseException:  # noqa: BLE001 - the parent reports it
+            os.write(w, traceback.format_exc().encode()[-8000:])
+        finally:
+            os._exit(code)
+    os.close(w)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError("scenario did not finish in time")
+        time.sleep(0.05)
+    with os.fdopen(r, "rb") as fh:
+        report = fh.read().decode()
+    if report.startswith("SKIP "):
+        pytest.skip(report[5:])
+    assert os.waitstatus_to_exitcode(status) == 0, report
+
+
+def connect(port, src=None, host="127.0.0.1", timeout=5.0):
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam)
+    s.settimeout(timeout)
+    if src:
+        s.bind((src, 0))
+    s.connect((host, port))
+    return s
+
+
+def greeted(port, src=None, header=b"", host="127.0.0.1") -> bool:
+    """True when the server greets; False when it closes without a word."""
+    try:
+        with connect(port, src, host) as s:
+            if header:
+                s.sendall(header)
+            return recv_line(s, 3.0).startswith(b"220 ")
+    except (ConnectionResetError, BrokenPipeError, socket.timeout):
+        return False
+
+
+def wait_until(pred, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def cli(srv, *args):
+    cmd = [sys.executable, "-c", "import sys; from stalwart.cli import cli_main; sys.exit(cli_main())",
+           "--data-dir", srv.data_dir, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
+
+def blocked(srv):
+    out = cli(srv, "--json", "blocked", "list")
+    if out.returncode != 0:
+        out = cli(srv, "blocked", "list")
+    return out.stdout
+
+
+def base_config(ports, security, **extra):
+    return {
+        "SystemSettings": {"defaultHostname": "mx.example.test", "threadPoolSize": 2,
+                           "proxyTrustedNetworks": [PROXY_SRC]},
+        "Security": security,
+        "MtaInboundSession": {"timeout": 1000},
+        "NetworkListener": [
+            listener("smtp", "smtp", ports["smtp"], useTls=False, allowPlainTextAuth=True),
+            {"name": "smtp6", "protocol": "smtp", "bind": [f"[::1]:{ports['smtp6']}"], "useTls": False},
+        ],
+        "Domain": [{"name": "example.org"}],
+        "Account": [{"name": "jane", "secret": hash_password("jane-secret", ln=4), "emails": ["jane@example.org"]}],
+        **extra,
+    }
+
+
+def ports_():
+    return {"smtp": free_port(), "smtp6": free_port("::1")}
+
+
+# -- scenarios, run inside the namespace -------------------------------------------------------------
+
+def scenario_untrusted_proxy_scan(tmp):
+    ports = ports_()
+    srv = Server(tmp, base_config(ports, {"scanBanRate": {"count": 3, "period": 60000}})).start()
+    try:
+        header = proxy_py.build_v1("203.0.113.50", "127.0.0.1", 40000, ports["smtp"])
+        for _ in range(4):
+            with connect(ports["smtp"], "192.0.2.1") as s:
+                s.sendall(header)
+                got = b""
+                while chunk := s.recv(4096):  # the greeting at most, then the close
+                    got += chunk
+            assert got in (b"", b"220 mx.example.test ESMTP\r\n") or got.startswith(b"220 "), got
+            assert got.count(b"\r\n") <= 1, got  # nothing answers the PROXY bytes
+        srv.wait_log("security.scan-ban", timeout=5)
+        # the scanner's next connections are dropped without a greeting, on every worker
+        assert not any(greeted(ports["smtp"], "192.0.2.1") for _ in range(6))
+        assert greeted(ports["smtp"], "192.0.2.2")  # another address is served
+        assert "Untrusted PROXY header" in srv.log()
+        assert wait_until(lambda: "192.0.2.1" in blocked(srv))
+        listing = blocked(srv)
+        assert "portScanning" in listing, listing
+        # bans survive a restart: the master loads them back into the shared table
+        srv.stop()
+        srv.start()
+        assert not greeted(ports["smtp"], "192.0.2.1")
+        # `blocked remove` lifts it on every worker at once
+        out = cli(srv, "blocked", "remove", "192.0.2.1")
+        assert out.returncode == 0, out.stderr + out.stdout
+        assert wait_until(lambda: all(greeted(ports["smtp"], "192.0.2.1") for _ in range(4)))
+    finally:
+        srv.stop()
+
+
+def scenario_auth_and_invalid_commands(tmp):
+    ports = ports_()
+    srv = Server(tmp, base_config(ports, {"authBanRate": {"count": 2, "period": 60000},
+                                          "scanBanRate": {"count": 4, "period": 60000}})).start()
+    try:
+        # smtplib AUTH failures with different wrong passwords: the 3rd bans and closes, no reply
+        client = smtplib.SMTP("127.0.0.1", ports["smtp"], source_address=("192.0.2.1", 0), timeout=10)
+        client.ehlo("scanner.example")
+        outcomes = []
+        for i in range(3):
+            client.user, client.password = "jane", f"wrong-{i}"
+            try:
+                client.auth("PLAIN", client.auth_plain)  # one mechanism: one failure per attempt
+            except smtplib.SMTPAuthenticationError:
+                outcomes.append("refused")
+            except smtplib.SMTPServerDisconnected:
+                outcomes.append("closed")
+                break
+        assert outcomes == ["refused"] * 2 + ["closed"], outcomes
+        srv.wait_log("security.authentication-ban", timeout=5)
+        with pytest.raises((smtplib.SMTPServerDisconnected, ConnectionError)):
+            smtplib.SMTP("127.0.0.1", ports["smtp"], source_address=("192.0.2.1", 0), timeout=5)
+        # IPv6 garbage commands before authentication: counted per /64 (2001:db8:1:2::5)
+        with connect(ports["smtp6"], "2001:db8:1:2::5", host="::1") as s:
+            assert recv_line(s).startswith(b"220 ")
+            replies = []
+            for _ in range(5):
+                s.sendall(b"XYZZY plugh\r\n")
+                replies.append(recv_line(s, 3.0))
+        assert replies[:4] == [b"500 5.5.1 Invalid command.\r\n"] * 4 or all(
+            r.startswith((b"500", b"501", b"502")) for r in replies[:4]), replies
+        assert replies[4] == b"", replies  # banned: closed without a reply
+        srv.wait_log("security.scan-ban", timeout=5)
+        assert not greeted(ports["smtp6"], "2001:db8:1:2::5", host="::1")
+        assert greeted(ports["smtp6"], "2001:db8:1:3::5", host="::1")  # another /64
+        assert greeted(ports["smtp"], "192.0.2.2")
+    finally:
+        srv.stop()
+
+
+def scenario_loiter(tmp):
+    ports = ports_()
+    srv = Server(tmp, base_config(ports, {"loiterBanRate": {"count": 1, "period": 60000}})).start()
+    try:
+        for _ in range(2):
+            with connect(ports["smtp"], "192.0.2.1") as s:
+                assert recv_line(s).startswith(b"220 ")
+                line = recv_line(s, 5.0)  # idle past MtaInboundSession.timeout without a command
+                assert line.startswith(b"421 "), line
+        srv.wait_log("security.loiter-ban", timeout=5)
+        assert not greeted(ports["smtp"], "192.0.2.1")
+        assert greeted(ports["smtp"], "192.0.2.2")
+    finally:
+        srv.stop()
+
+
+# -- tests -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_scan_via_untrusted_proxy_header_bans_persists_and_lifts(tmp_path):
+    run_in_netns(scenario_untrusted_proxy_scan, tmp_path)
+
+
+@pytest.mark.slow
+def test_auth_failures_and_garbage_commands_ban(tmp_path):
+    run_in_netns(scenario_auth_and_invalid_commands, tmp_path)
+
+
+@pytest.mark.slow
+def test_idle_connections_ban_for_loitering(tmp_path):
+    run_in_netns(scenario_loiter, tmp_path)
+
+
+def test_ipv6_rotation_inside_a_64_through_a_trusted_proxy(tmp_path):
+    """The proxy is never banned; the clients it names are, per /64."""
+    ports = ports_()
+    srv = Server(tmp_path, base_config(ports, {"scanBanRate": {"count": 2, "period": 60000}})).start()
+    try:
+        def via_proxy(client, payload=b""):
+            s = connect(ports["smtp"], PROXY_SRC)
+            dst = "::1" if ":" in client else "127.0.0.1"
+            s.sendall(proxy_py.build_v2(proxy_py.PROXY, client, dst, 40000, 25) + payload)
+            return s
+
+        for i in range(3):
+            with via_proxy(f"2001:db8:aa:bb::{i + 1}") as s:
+                assert recv_line(s).startswith(b"220 ")
+                s.sendall(b"GARBAGE\r\n")
+                recv_line(s, 3.0)
+        srv.wait_log("security.scan-ban", timeout=5)
+
+        def served(client):
+            try:
+                with via_proxy(client) as s:
+                    return recv_line(s, 3.0).startswith(b"220 ")
+            except (ConnectionResetError, socket.timeout):
+                return False
+
+        assert not any(served("2001:db8:aa:bb:ffff::9") for _ in range(4))  # same /64, every worker
+        assert served("2001:db8:aa:bc::1")  # a different /64
+        assert served("192.0.2.33")
+        assert greeted(ports["smtp"], PROXY_SRC, proxy_py.build_v2(proxy_py.LOCAL))  # the proxy itself
+        assert "2001:db8:aa:bb::/64" in srv.log()
+    finally:
+        srv.stop()
