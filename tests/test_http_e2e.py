@@ -83,14 +83,18 @@ def test_forwarded_address_from_trusted_proxy_only(http):
     srv.wait_log("http.x-forwarded-missing")
 
 
-def test_banned_path_is_logged_and_404(http):
+def test_banned_path_bans_the_forwarded_client(http):
     srv, base = http
     # loopback clients are on the allow list, which is never banned by path: come in through the proxy
-    code, body = curl(base + "//WP-Admin//setup.php", "--path-as-is", "-H", "X-Forwarded-For: 198.51.100.77",
-                      source="127.0.0.2")
-    assert code == 404 and json.loads(body)["status"] == 404
-    log = srv.wait_log("security.banned-path")
+    fwd = ("-H", "X-Forwarded-For: 198.51.100.77")
+    code, body = curl(base + "//WP-Admin//setup.php", "--path-as-is", *fwd, source="127.0.0.2")
+    assert code == 403 and json.loads(body)["status"] == 403
+    log = srv.wait_log("security.scan-ban")
     assert "RemoteIp=198.51.100.77" in log.split("security.banned-path", 1)[1].splitlines()[0]
+    # the ban is shared: every later request of that client, on any worker, is refused
+    assert all(curl(base + "/healthz/live", *fwd, source="127.0.0.2")[0] == 403 for _ in range(6))
+    assert curl(base + "/healthz/live", "-H", "X-Forwarded-For: 198.51.100.78", source="127.0.0.2")[0] == 200
+    assert curl(base + "/healthz/live", source="127.0.0.2")[0] == 200  # the proxy is never banned
 
 
 def test_management_api_with_curl(http):

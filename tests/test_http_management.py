@@ -146,3 +146,16 @@ def test_pipelined_request_waits_for_the_deferred_one(control):
         out += ev.data
     first, second = parse(out, ["GET", "GET"])
     assert first.json()["generation"] == 3 and second.body == b'{"status":"ok"}'
+
+
+def test_failure_that_bans_is_answered_429(control):
+    svc = HttpService(config(CFG), data_dir="/x")
+    banned = []
+    core = session(svc, is_blocked=lambda packed: bool(banned))
+    core.receive_data(f"GET /api/status HTTP/1.1\r\nHost: x\r\nAuthorization: {auth(password='x')}\r\n\r\n".encode())
+    ev = core.next_event()
+    result = ev.fn(*ev.args)
+    banned.append(True)  # what the auto-ban layer does on the auth.failed event that crossed the rate
+    core.blocking_done(result, None)
+    reply = parse(core.next_event().data, ["GET"])[0]
+    assert reply.status == 429 and reply.json()["title"] == "Too Many Authentication Attempts"

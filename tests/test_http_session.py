@@ -13,14 +13,14 @@ from tests.http_util import config, parse, request, session, wire
 def lists(blocked=(), allowed=()):
     cfg = config({"BlockedIp": [{"address": a} for a in blocked], "AllowedIp": [{"address": a} for a in allowed]})
     built = AccessLists.build(cfg)
-    return lambda: built
+    return {"is_blocked": built.is_blocked, "is_allowed": built.is_allowed}
 
 
 XFF = config({"SystemSettings": {"proxyTrustedNetworks": ["10.0.0.0/8"]}, "Http": {"useXForwarded": True}})
 
 
 def test_blocked_client_gets_403_problem_on_every_request():
-    core = session(HttpService(Config()), remote_ip="198.51.100.5", access=lists(["198.51.100.0/24"]),
+    core = session(HttpService(Config()), remote_ip="198.51.100.5", **lists(["198.51.100.0/24"]),
                    packed=pack("198.51.100.5"))
     out, closed = wire(core, b"GET /healthz/live HTTP/1.1\r\nHost: a\r\n\r\n" * 2)
     replies = parse(out, ["GET", "GET"])
@@ -33,30 +33,30 @@ def test_forwarded_client_from_trusted_proxy_is_blocked_untrusted_header_ignored
     svc = HttpService(XFF)
     access = lists(["203.0.113.0/24"])
     hdr = {"X-Forwarded-For": "203.0.113.7"}
-    assert request(svc, "GET", "/healthz/live", headers=hdr, remote_ip="10.0.0.2", access=access).status == 403
+    assert request(svc, "GET", "/healthz/live", headers=hdr, remote_ip="10.0.0.2", **access).status == 403
     # the same header from a client that is not a trusted proxy is ignored
-    assert request(svc, "GET", "/healthz/live", headers=hdr, remote_ip="192.0.2.50", access=access).status == 200
+    assert request(svc, "GET", "/healthz/live", headers=hdr, remote_ip="192.0.2.50", **access).status == 200
     # the proxy itself is never blocked, even if listed
     access = lists(["10.0.0.0/8"])
-    assert request(svc, "GET", "/healthz/live", remote_ip="10.0.0.2", access=access, exempt=False).status == 200
+    assert request(svc, "GET", "/healthz/live", remote_ip="10.0.0.2", **access, exempt=False).status == 200
 
 
 def test_forwarded_headers_ignored_when_use_x_forwarded_is_off():
     svc = HttpService(config({"SystemSettings": {"proxyTrustedNetworks": ["10.0.0.0/8"]}}))
     reply = request(svc, "GET", "/healthz/live", headers={"X-Forwarded-For": "203.0.113.7"},
-                    remote_ip="10.0.0.2", access=lists(["203.0.113.0/24"]))
+                    remote_ip="10.0.0.2", **lists(["203.0.113.0/24"]))
     assert reply.status == 200
 
 
-def test_banned_path_is_404_before_routing_and_allowed_clients_pass():
+def test_banned_path_is_403_and_close_before_routing_and_allowed_clients_pass():
     svc = HttpService(Config())
     reply = request(svc, "GET", "/.well-known/wp-login.php/../user-agent-configuration.json")
-    assert reply.status == 404
+    assert reply.status == 403 and reply.headers["connection"] == "close"
     reply = request(svc, "GET", "/%2e%2e/healthz/live")
-    assert reply.status == 404
+    assert reply.status == 403
     svc = HttpService(config({"Security": {"scanBanPaths": ["*healthz*"]}}))
-    assert request(svc, "GET", "/healthz/live").status == 404
-    assert request(svc, "GET", "/healthz/live", access=lists(allowed=["192.0.2.9"])).status == 200
+    assert request(svc, "GET", "/healthz/live").status == 403
+    assert request(svc, "GET", "/healthz/live", **lists(allowed=["192.0.2.9"])).status == 200
 
 
 def test_response_headers_and_hsts_replace_same_named():
@@ -111,3 +111,15 @@ def test_random_bytes_get_a_valid_response_or_a_close(chunks, prefix):
         if client.their_state is h11.IDLE and not client.trailing_data[0]:
             break
     assert closed or not core.closed
+
+
+def test_malformed_request_is_reported_as_scanning(monkeypatch):
+    from stalwart.protocols.http import session as session_mod
+
+    seen = []
+    monkeypatch.setattr(session_mod.events, "emit", lambda event, **keys: seen.append((event, keys)))
+    core = session(HttpService.default(), remote_ip="198.51.100.3")
+    out, closed = wire(core, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n")
+    assert closed and parse(out, ["GET"])[0].status == 400
+    assert seen == [("http.invalid-request", {"SpanId": 0, "RemoteIp": "198.51.100.3",
+                                              "Reason": "Invalid HTTP request"})]

@@ -365,10 +365,11 @@ class Connection(asyncio.Protocol):
             if header.authority:
                 ctx.extra["sni"] = header.authority
         if lr.protocol == "http":
-            # HTTP re-runs the allow/block check on every request, on the forwarded client address
-            # (security.md §7). The worker swaps in new lists when they change, so the core gets a
-            # getter rather than the lists themselves.
-            ctx.extra.update(access=self._access_lists, packed=self.packed, exempt=self.exempt, span=self.span)
+            # HTTP re-runs the block check on every request, on the forwarded client address
+            # (security.md §7), through these callables: the worker swaps in new lists when they
+            # change, and the core must not hold them or know the worker.
+            ctx.extra.update(is_blocked=self._client_blocked, is_allowed=self._client_allowed,
+                             packed=self.packed, exempt=self.exempt)
         core = lr.factory(ctx)
         self.core = core
         if self.worker.trace_sessions:
@@ -380,8 +381,13 @@ class Connection(asyncio.Protocol):
         if self.shutting_down:
             self.shutdown()
 
-    def _access_lists(self):
-        return self.worker.access
+    def _client_blocked(self, packed: bytes) -> bool:
+        """A request's client address is on the block list or under a live ban, and not allowed."""
+        worker = self.worker
+        return worker.access.is_blocked(packed) or worker.autoban.is_banned(packed)
+
+    def _client_allowed(self, packed: bytes) -> bool:
+        return self.worker.access.is_allowed(packed)
 
     def _pump(self) -> None:
         core = self.core

@@ -143,6 +143,10 @@ class ManagementApi:
             if result is _AUTH_FAILED:
                 events.emit("auth.failed", SpanId=ctx.span_id, ListenerId=ctx.listener, RemoteIp=req.client_ip,
                             AccountName=user, Protocol="http")
+                is_blocked = ctx.extra.get("is_blocked")
+                if not req.client_exempt and is_blocked is not None and is_blocked(req.client_packed):
+                    # That failure banned the address (security.md §4: HTTP answers 429).
+                    return problem(429, "", "Too Many Authentication Attempts")
                 return _unauthorized()
             return render(result)
 

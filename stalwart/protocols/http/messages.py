@@ -43,6 +43,7 @@ class Request(msgspec.Struct):
     #: the attributed client address (security.md §7) and whether it is a trusted proxy hop
     client_ip: str = ""
     client_exempt: bool = False
+    client_packed: bytes = b""
 
     def header(self, name: bytes) -> bytes | None:
         """The last value of a header (names are lower-case, as h11 gives them)."""

@@ -142,9 +142,9 @@ class HttpService:
     def respond(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes,
                 ctx: SessionContext) -> Response | Deferred:
         client = self.client(headers, ctx)
-        access = ctx.extra.get("access")
-        lists = access() if access is not None else None
-        if lists is not None and not client.exempt and lists.is_blocked(client.packed):
+        extra = ctx.extra
+        is_blocked = extra.get("is_blocked")
+        if is_blocked is not None and not client.exempt and is_blocked(client.packed):
             events.emit("security.ip-blocked", ListenerId=ctx.listener, RemoteIp=client.ip,
                         SpanId=ctx.span_id)
             return problem(403)
@@ -152,14 +152,18 @@ class HttpService:
         raw = raw.split("#", 1)[0] if raw.startswith("/") else request_path(target)
         path = decode_path(raw)
         glob = self.banned.match(path, raw)
-        if glob is not None and not client.exempt and not (lists is not None and lists.is_allowed(client.packed)):
-            # security.md §6: a banned path bans the address. Until the auto-ban store exists the match
-            # is logged and the request refused as if nothing were there.
-            events.emit("security.banned-path", level="warn", ListenerId=ctx.listener, RemoteIp=client.ip,
-                        SpanId=ctx.span_id, Path=path, Details=glob)
-            return problem(404)
+        if glob is not None and not client.exempt:
+            is_allowed = extra.get("is_allowed")
+            if is_allowed is None or not is_allowed(client.packed):
+                # security.md §6: the auto-ban layer bans the address on this event and closes the
+                # address's other sessions; this request still gets its 403, then the connection closes.
+                events.emit("security.banned-path", level="warn", ListenerId=ctx.listener, RemoteIp=client.ip,
+                            SpanId=ctx.span_id, Path=path, Details=glob)
+                resp = problem(403)
+                resp.close = True
+                return resp
         req = Request(method, target, headers, body, path, dict(parse_qsl(query.split("#", 1)[0])) if query else {},
-                      client.ip, client.exempt)
+                      client.ip, client.exempt, client.packed)
         return self.route(req, ctx)
 
     # -- step 4 ------------------------------------------------------------------------------

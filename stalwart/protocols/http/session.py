@@ -10,6 +10,7 @@ from typing import Any
 
 import h11
 
+from ... import events
 from ...config import Config
 from ..base import Blocking, SessionContext, SessionCore
 from .messages import Deferred, Response, problem
@@ -156,7 +157,13 @@ class HttpSession(SessionCore):
         self._send(out, close=close)
 
     def _fail(self, status: int) -> None:
-        """A malformed request: answer once if a response can still be sent, then close."""
+        """A malformed request: answer once if a response can still be sent, then close.
+
+        An unparseable request line or header counts as scanning against the connection's
+        attributed address, whatever ``useXForwarded`` says (security.md §4, §7)."""
+        if status == 400:
+            events.emit("http.invalid-request", SpanId=self.ctx.span_id, RemoteIp=self.ctx.remote_ip,
+                        Reason="Invalid HTTP request")
         if self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             resp = problem(status, "The request could not be parsed." if status == 400 else None)
             try:
