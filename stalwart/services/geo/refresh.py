@@ -76,13 +76,15 @@ def build(cfg: Asn, data_dir: str, kind: str, emit: Emit) -> tuple[bool, int]:
                 emit("resource.error", level="warn", Url=url, Reason="Invalid ASN/Geo data",
                      Invalid=stats.invalid, Details=stats.first_invalid)
     elif isinstance(cfg, AsnMmdb):
+        from maxminddb.errors import InvalidDatabaseError
+
         from .mmdb import read_database
 
         for path in srcs:
             t0 = time.monotonic()
             try:
                 part = read_database(path, kind)
-            except (OSError, ValueError) as exc:  # maxminddb's InvalidDatabaseError is a ValueError
+            except (OSError, ValueError, InvalidDatabaseError) as exc:
                 emit("resource.error", level="warn", Path=path, Reason=f"Invalid MaxMind database: {exc}")
                 continue
             _merge(table, part)
