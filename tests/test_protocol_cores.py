@@ -59,9 +59,9 @@ CORPORA = [
      b"250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 STARTTLS\r\n221 2.0.0 Bye.\r\n"),
     (lambda: ImapSession(ctx(tls_available=False)),
      b"a1 CAPABILITY\r\na2 NOOP\r\na3 LOGIN u p\r\n* bad\r\na4 FROB\r\na5 LOGOUT\r\n",
-     b"* CAPABILITY IMAP4rev2 IMAP4rev1 ENABLE SASL-IR LITERAL+ ID LOGINDISABLED\r\na1 OK CAPABILITY completed.\r\n"
-     b"a2 OK NOOP completed.\r\na3 NO [UNAVAILABLE] Authentication is not available yet.\r\n* BAD Invalid tag.\r\n"
-     b"a4 BAD Unknown command.\r\n* BYE Stalwart IMAP4rev2 bids you farewell.\r\na5 OK LOGOUT completed.\r\n"),
+     b"* CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE UNSELECT LOGINDISABLED\r\na1 OK CAPABILITY completed.\r\n"
+     b"a2 OK NOOP completed.\r\na3 NO [PRIVACYREQUIRED] LOGIN is disabled before STARTTLS.\r\n* BAD Invalid tag.\r\n"
+     b"a4 BAD Unknown command.\r\n* BYE Stalwart IMAP4rev1 bids you farewell.\r\na5 OK LOGOUT completed.\r\n"),
     (lambda: Pop3Session(ctx()),
      b"CAPA\r\nNOOP\r\nUSER x\r\nXYZZY\r\nQUIT\r\n",
      b"+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nSTLS\r\n"

@@ -33,7 +33,8 @@ def session_factory(protocol: str, cfg: Config, data_dir: str | None = None,
                                        max_duration_ms=int(mta.max_duration), max_message_size=size,
                                        allow_plain_auth=plain_auth)
     if protocol == "imap":
-        return lambda ctx: ImapSession(ctx, imap_timeout)
+        mail = MailServices.build(cfg, data_dir)
+        return lambda ctx: ImapSession(ctx, imap_timeout, services=mail, allow_plain_auth=plain_auth)
     if protocol == "pop3":
         mail = MailServices.build(cfg, data_dir)
         return lambda ctx: Pop3Session(ctx, imap_timeout, services=mail, allow_plain_auth=plain_auth)
