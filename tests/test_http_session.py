@@ -123,3 +123,31 @@ def test_malformed_request_is_reported_as_scanning(monkeypatch):
     assert closed and parse(out, ["GET"])[0].status == 400
     assert seen == [("http.invalid-request", {"SpanId": 0, "RemoteIp": "198.51.100.3",
                                               "Reason": "Invalid HTTP request"})]
+
+
+def _counters():
+    import mmap
+
+    from stalwart._fast import ratecounter_py
+
+    return ratecounter_py.RateCounter(mmap.mmap(-1, ratecounter_py.size_for(64)), 64)
+
+
+def test_anonymous_rate_limit_is_429_with_ratelimit_headers():
+    svc = HttpService(config({"Http": {"rateLimitAnonymous": {"count": 3, "period": 60000}}}))
+    counters = _counters()
+    core = session(svc, remote_ip="198.51.100.4", packed=pack("198.51.100.4"), counters=counters)
+    core.now = 1000.0
+    out, _ = wire(core, b"GET /.well-known/user-agent-configuration.json HTTP/1.1\r\nHost: a\r\n\r\n" * 4
+                  + b"GET /healthz/live HTTP/1.1\r\nHost: a\r\n\r\n")
+    replies = parse(out, ["GET"] * 5)
+    assert [r.status for r in replies] == [200, 200, 200, 429, 200]  # health checks are not limited
+    limited = replies[3]
+    assert limited.json()["status"] == 429 and 1 <= int(limited.headers["retry-after"]) <= 61
+    assert limited.headers["ratelimit-policy"] == '"anonymous";q=3;w=60'
+    assert limited.headers["ratelimit"] == f'"anonymous";r=0;t={limited.headers["retry-after"]}'
+    # another address has its own window; an allowed one is never counted
+    assert request(svc, "GET", "/mail/config-v1.1.xml", remote_ip="198.51.100.5", counters=counters).status == 200
+    allowed = lists(allowed=["198.51.100.4"])
+    assert request(svc, "GET", "/mail/config-v1.1.xml", remote_ip="198.51.100.4", counters=counters,
+                   **allowed).status == 200

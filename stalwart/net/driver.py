@@ -369,7 +369,7 @@ class Connection(asyncio.Protocol):
             # (security.md §7), through these callables: the worker swaps in new lists when they
             # change, and the core must not hold them or know the worker.
             ctx.extra.update(is_blocked=self._client_blocked, is_allowed=self._client_allowed,
-                             packed=self.packed, exempt=self.exempt)
+                             packed=self.packed, exempt=self.exempt, counters=self.worker.autoban.counters)
         core = lr.factory(ctx)
         self.core = core
         if self.worker.trace_sessions:

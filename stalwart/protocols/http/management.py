@@ -39,6 +39,7 @@ from ...errors import ControlError
 from ...server.control import request as control_request
 from ..base import SessionContext
 from .messages import Deferred, Request, Response, problem
+from .ratelimit import RateLimits
 
 KINDS = {"blocked-ip": "blocked", "allowed-ip": "allowed"}
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
@@ -113,7 +114,8 @@ def prometheus(status: dict, blocked: list, allowed: list) -> bytes:
 class ManagementApi:
     """The management routes of one configuration load."""
 
-    def __init__(self, cfg: Config, data_dir: str | None):
+    def __init__(self, cfg: Config, data_dir: str | None, limits: RateLimits | None = None):
+        self.limits = limits if limits is not None else RateLimits(cfg)
         self.directory = Directory.from_config(cfg)
         self.admins = {n.lower() for n in cfg.Http.administrators}
         self.data_dir = data_dir
@@ -148,16 +150,22 @@ class ManagementApi:
                     # That failure banned the address (security.md §4: HTTP answers 429).
                     return problem(429, "", "Too Many Authentication Attempts")
                 return _unauthorized()
+            if isinstance(result, Response):
+                return result
             return render(result)
 
-        return Deferred(self._run, (user, password, calls), finish)
+        return Deferred(self._run, (user, password, calls, ctx.extra.get("counters")), finish)
 
-    def _run(self, user: str, password: str, calls: list[Call]) -> Any:
-        """In a thread: the key derivation, then the control round trips."""
+    def _run(self, user: str, password: str, calls: list[Call], counters: Any) -> Any:
+        """In a thread: the key derivation, the authenticated rate limit, then the control round trips."""
         acct = self.directory.authenticate(user, password)
         if acct is None or acct.name.lower() not in self.admins:
             time.sleep(random.uniform(0.05, 0.5))  # security.md §4: failures answered after 50-500 ms
             return _AUTH_FAILED
+        # CLOCK_MONOTONIC is system-wide on Linux: the same clock every worker counts with.
+        limited = self.limits.check_authenticated(counters, acct.name, int(time.monotonic() * 1000))
+        if limited is not None:
+            return limited
         return [control_request(self.data_dir, cmd, timeout=timeout, **args) for cmd, args, timeout in calls]
 
     # -- routes ------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class Request(msgspec.Struct):
     client_ip: str = ""
     client_exempt: bool = False
     client_packed: bytes = b""
+    now: float = 0.0  # the driver's monotonic clock, seconds (SessionCore.now)
 
     def header(self, name: bytes) -> bytes | None:
         """The last value of a header (names are lower-case, as h11 gives them)."""

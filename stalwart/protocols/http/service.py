@@ -30,6 +30,7 @@ from .forwarded import ClientAddress, attribute, pack
 from .management import ManagementApi
 from .messages import CORS, REASONS, Deferred, Request, Response, problem
 from .paths import BannedPaths, decode_path, request_path
+from .ratelimit import RateLimits
 
 ipset = load_kernel("ipset")
 
@@ -39,6 +40,7 @@ HSTS = ("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
 _DISCOVER_PREFIXES = ("/autodiscover/", "/Autodiscover/", "/AutoDiscover/")
 _MOZILLA = ("/mail/config-v1.1.xml", "/.well-known/autoconfig/mail/config-v1.1.xml", "/.well-known/mail-v1.xml")
 PACC_PATH = "/.well-known/user-agent-configuration.json"
+_ANONYMOUS_PREFIXES = ("/.well-known/", "/mail/config-v1.1.xml", *_DISCOVER_PREFIXES)
 HEAD_CACHE = 256
 
 
@@ -73,7 +75,8 @@ class HttpService:
     def __init__(self, cfg: Config, clock: Callable[[], float] = time.time,
                  routes: dict[str, dict[str, Handler]] | None = None, data_dir: str | None = None):
         hostname = config_hostname(cfg)
-        self.management = ManagementApi(cfg, data_dir)
+        self.limits = RateLimits(cfg)
+        self.management = ManagementApi(cfg, data_dir, self.limits)
         self.clock = clock
         self.routes = dict(DEFAULT_ROUTES if routes is None else routes)
         self.autoconfig = Autoconfig(cfg, hostname, clock, os.environ.get("STALWART_PUBLIC_URL"))
@@ -140,7 +143,7 @@ class HttpService:
         return found
 
     def respond(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes,
-                ctx: SessionContext) -> Response | Deferred:
+                ctx: SessionContext, now: float = 0.0) -> Response | Deferred:
         client = self.client(headers, ctx)
         extra = ctx.extra
         is_blocked = extra.get("is_blocked")
@@ -163,8 +166,16 @@ class HttpService:
                 resp.close = True
                 return resp
         req = Request(method, target, headers, body, path, dict(parse_qsl(query.split("#", 1)[0])) if query else {},
-                      client.ip, client.exempt, client.packed)
+                      client.ip, client.exempt, client.packed, now)
         return self.route(req, ctx)
+
+    def _limit_anonymous(self, req: Request, ctx: SessionContext) -> Response | None:
+        if req.client_exempt:
+            return None
+        is_allowed = ctx.extra.get("is_allowed")
+        if is_allowed is not None and is_allowed(req.client_packed):
+            return None
+        return self.limits.check_anonymous(ctx.extra.get("counters"), req.client_packed, int(req.now * 1000))
 
     # -- step 4 ------------------------------------------------------------------------------
     def route(self, req: Request, ctx: SessionContext) -> Response | Deferred:
@@ -177,6 +188,12 @@ class HttpService:
             if handler is None:
                 return _allow(", ".join(sorted(by_method)))
             return handler(req, ctx)
+        if path.startswith(_ANONYMOUS_PREFIXES):
+            # http.md §1: autoconfig, autodiscover and well-known handlers are rate limited per
+            # client; allow-listed addresses and trusted-proxy hops are not counted.
+            limited = self._limit_anonymous(req, ctx)
+            if limited is not None:
+                return limited
         ac = self.autoconfig
         get = method in ("GET", "HEAD")
         if path == PACC_PATH:

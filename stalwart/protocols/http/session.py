@@ -131,7 +131,8 @@ class HttpSession(SessionCore):
         target = req.target.decode("utf-8", "replace")
         head = method == "HEAD"
         # http.md §1: HEAD is answered on every route that answers GET, with GET's headers.
-        resp = self.service.respond("GET" if head else method, target, req.headers, bytes(self._body), self.ctx)
+        resp = self.service.respond("GET" if head else method, target, req.headers, bytes(self._body), self.ctx,
+                                    self.now)
         if isinstance(resp, Deferred):
             # Reading stops here (the driver pauses the socket and pipelined requests wait in h11)
             # until blocking_done() brings the result.
