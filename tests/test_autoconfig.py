@@ -230,3 +230,33 @@ def test_dns_records_match_the_served_pacc_body(svc):
     assert table[("_carddavs._tcp.example.org.", "TXT")] == '"path=/dav/card/"'
     assert table[("autoconfig.example.org.", "CNAME")] == "mail.example.com."
     assert json.loads(body)  # sanity
+
+
+DOMAINS = {"SystemSettings": {"defaultHostname": "mail.example.com", "defaultDomainId": "main"},
+           "Domain": [{"id": "main", "name": "example.org"}, {"name": "example.net"}]}
+
+
+def test_unknown_domains_with_local_domains_configured():
+    svc = HttpService(config(DOMAINS))
+    assert request(svc, "GET", "/mail/config-v1.1.xml?emailaddress=a@example.net").status == 200
+    reply = request(svc, "GET", "/mail/config-v1.1.xml?emailaddress=a@elsewhere.test")
+    assert reply.status == 404 and reply.headers["content-type"] == "application/problem+json"
+    body = OUTLOOK.format(email="a@elsewhere.test", schema=OUTLOOK_SCHEMA).encode()
+    assert error_code(request(svc, "POST", "/autodiscover/autodiscover.xml", body)) == "500"
+    reply = request(svc, "GET", "/autodiscover/autodiscover.json?Email=a@elsewhere.test&Protocol=AutodiscoverV1")
+    assert reply.status == 404
+
+
+def test_placeholder_domain_from_host_or_default_domain():
+    svc = HttpService(config(DOMAINS))
+    _, root = mozilla(svc, "/mail/config-v1.1.xml", headers={"Host": "autoconfig.example.net:443"})
+    assert root.find("emailProvider").get("id") == "example.net"
+    _, root = mozilla(svc, "/mail/config-v1.1.xml", headers={"Host": "autoconfig.unknown.test"})
+    assert root.find("emailProvider").get("id") == "example.org"  # SystemSettings.defaultDomainId
+
+
+def test_well_known_redirects():
+    svc = HttpService(config(DOMAINS))
+    reply = request(svc, "GET", "/.well-known/jmap")
+    assert reply.status == 307 and reply.headers["location"] == "/jmap/session"
+    assert request(svc, "HEAD", "/.well-known/carddav").headers["location"] == "/dav/card"

@@ -42,6 +42,9 @@ _MOZILLA = ("/mail/config-v1.1.xml", "/.well-known/autoconfig/mail/config-v1.1.x
 PACC_PATH = "/.well-known/user-agent-configuration.json"
 _ANONYMOUS_PREFIXES = ("/.well-known/", "/mail/config-v1.1.xml", *_DISCOVER_PREFIXES)
 HEAD_CACHE = 256
+#: http.md §2 related routes: RFC 8620 §2.2 (JMAP), RFC 6764 §5 (CalDAV, CardDAV)
+WELL_KNOWN_REDIRECTS = {"/.well-known/jmap": "/jmap/session", "/.well-known/caldav": "/dav/cal",
+                        "/.well-known/carddav": "/dav/card"}
 
 
 def _health(_req: Request, _ctx: SessionContext) -> Response:
@@ -214,6 +217,10 @@ class HttpService:
             return resp
         if path.startswith("/.well-known/") and method == "OPTIONS":
             return Response(204, headers=list(CORS))
+        if path in WELL_KNOWN_REDIRECTS:
+            if not get:
+                return _allow("GET, HEAD, OPTIONS")
+            return Response(307, headers=[("Location", WELL_KNOWN_REDIRECTS[path]), ("Cache-Control", "no-store")])
         if path.startswith(_DISCOVER_PREFIXES):
             rest = path[len("/autodiscover/"):]
             name, _, tail = rest.partition("/")
