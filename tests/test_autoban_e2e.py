@@ -6,8 +6,11 @@ a trusted proxy that names them in a PROXY header, or connect from documentation
 creates for itself (no traffic ever leaves the namespace).
 """
 import ctypes
-import json
+import http.client
 import os
+import poplib
+import shutil
+import signal
 import smtplib
 import socket
 import subprocess
@@ -23,7 +26,8 @@ from stalwart.accounts import hash_password
 
 PROXY_SRC = "127.0.0.3"  # the only trusted proxy
 CLONE_NEWNET = 0x40000000
-NETNS_ADDRESSES = ("192.0.2.1", "192.0.2.2", "2001:db8:1:2::5", "2001:db8:1:3::5")
+NETNS_ADDRESSES = ("192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5", "2001:db8:1:2::5",
+                   "2001:db8:1:3::5")
 
 
 def run_in_netns(fn, *args, timeout=90.0):
@@ -86,8 +90,19 @@ def greeted(port, src=None, header=b"", host="127.0.0.1") -> bool:
             if header:
                 s.sendall(header)
             return recv_line(s, 3.0).startswith(b"220 ")
-    except (ConnectionResetError, BrokenPipeError, socket.timeout):
+    except (ConnectionResetError, ConnectionRefusedError, BrokenPipeError, socket.timeout):
         return False
+
+
+class Pop3From(poplib.POP3):
+    """poplib.POP3 connecting from a chosen source address."""
+
+    def __init__(self, host, port, source, timeout=10):
+        self._source = source
+        super().__init__(host, port, timeout=timeout)
+
+    def _create_socket(self, timeout):
+        return socket.create_connection((self.host, self.port), timeout, source_address=(self._source, 0))
 
 
 def wait_until(pred, timeout=5.0):
@@ -223,6 +238,121 @@ def scenario_loiter(tmp):
         srv.stop()
 
 
+def scenario_rcpt_pop3_http_and_max_duration(tmp):
+    ports = dict(ports_(), pop3=free_port(), http=free_port())
+    cfg = base_config(ports, {"authBanRate": {"count": 2, "period": 60000},
+                              "abuseBanRate": {"count": 2, "period": 60000},
+                              "loiterBanRate": {"count": 1, "period": 60000}},
+                      MtaInboundSession={"timeout": 5000, "maxDuration": 1500})
+    cfg["NetworkListener"] += [listener("pop3", "pop3", ports["pop3"], useTls=False, allowPlainTextAuth=True),
+                               listener("http", "http", ports["http"])]
+    srv = Server(tmp, cfg).start()
+    try:
+        # smtplib RCPT TO unknown users: the 3rd earns the ban, its 550 is written, then the close
+        client = smtplib.SMTP("127.0.0.1", ports["smtp"], source_address=("192.0.2.1", 0), timeout=10)
+        client.ehlo("relay.example")
+        assert client.mail("someone@example.net")[0] == 250
+        codes = []
+        for i in range(3):
+            codes.append(client.rcpt(f"nobody{i}@example.org")[0])
+        assert codes == [550, 550, 550], codes
+        with pytest.raises((smtplib.SMTPServerDisconnected, ConnectionError)):
+            client.noop()
+        srv.wait_log("security.abuse-ban", timeout=5)
+        assert not greeted(ports["smtp"], "192.0.2.1")
+
+        # poplib USER/PASS failures
+        outcomes = []
+        pop = Pop3From("127.0.0.1", ports["pop3"], "192.0.2.2")
+        for i in range(3):
+            try:
+                pop.user("jane")
+                pop.pass_(f"wrong-{i}")
+            except poplib.error_proto:
+                outcomes.append("refused")
+            except (ConnectionError, EOFError, OSError):
+                outcomes.append("closed")
+                break
+        srv.wait_log("security.authentication-ban", timeout=5)
+        assert outcomes[:2] == ["refused", "refused"], outcomes
+        with pytest.raises((poplib.error_proto, ConnectionError, OSError, EOFError)):
+            Pop3From("127.0.0.1", ports["pop3"], "192.0.2.2", timeout=5)
+
+        # an HTTP GET of a scanBanPaths match bans at once
+        conn = http.client.HTTPConnection("127.0.0.1", ports["http"], timeout=5, source_address=("192.0.2.3", 0))
+        conn.request("GET", "/wp-login.php")
+        assert conn.getresponse().status in (403, 404)
+        conn.close()
+        assert wait_until(lambda: "security.scan-ban" in srv.log())
+        conn = http.client.HTTPConnection("127.0.0.1", ports["http"], timeout=5, source_address=("192.0.2.3", 0))
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+            conn.request("GET", "/.well-known/autoconfig/mail/config-v1.1.xml")
+            conn.getresponse()
+        conn.close()
+
+        # an SMTP session still sending after maxDuration: 421 4.3.2, twice bans for loitering
+        for _ in range(2):
+            with connect(ports["smtp"], "192.0.2.4") as s:
+                assert recv_line(s).startswith(b"220 ")
+                deadline = time.monotonic() + 5
+                line = b""
+                while time.monotonic() < deadline:
+                    s.sendall(b"NOOP\r\n")
+                    line = recv_line(s, 3.0)
+                    if not line.startswith(b"250"):
+                        break
+                    time.sleep(0.3)
+                assert line.startswith(b"421 4.3.2 "), line
+        srv.wait_log("security.loiter-ban", timeout=5)
+        assert not greeted(ports["smtp"], "192.0.2.4")
+        assert greeted(ports["smtp"], "192.0.2.5")
+    finally:
+        srv.stop()
+
+
+HAPROXY_CFG = """
+global
+    maxconn 200
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend front
+    bind 127.0.0.1:{front}
+    default_backend back
+backend back
+    server s1 127.0.0.1:{smtp} send-proxy-v2 source {src}
+"""
+
+
+def scenario_haproxy(tmp):
+    ports = dict(ports_(), front=free_port())
+    srv = Server(tmp, base_config(ports, {"scanBanRate": {"count": 2, "period": 60000}})).start()
+    path = os.path.join(str(tmp), "haproxy.cfg")
+    with open(path, "w") as fh:
+        fh.write(HAPROXY_CFG.format(front=ports["front"], smtp=ports["smtp"], src=PROXY_SRC))
+    proc = subprocess.Popen(["haproxy", "-f", path, "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: greeted(ports["front"], "192.0.2.2"), 10)
+        with connect(ports["front"], "192.0.2.1") as s:
+            assert recv_line(s).startswith(b"220 ")
+            for _ in range(3):
+                s.sendall(b"NONSENSE\r\n")
+                if not recv_line(s, 3.0):
+                    break
+        srv.wait_log("security.scan-ban", timeout=5)
+        assert "RemoteIp=192.0.2.1" in srv.log()
+        # the client is dropped on every worker; the proxy and its other clients are not
+        assert not any(greeted(ports["front"], "192.0.2.1") for _ in range(4))
+        assert greeted(ports["front"], "192.0.2.2")
+        assert PROXY_SRC not in blocked(srv)
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        srv.stop()
+
+
 # -- tests -----------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -238,6 +368,18 @@ def test_auth_failures_and_garbage_commands_ban(tmp_path):
 @pytest.mark.slow
 def test_idle_connections_ban_for_loitering(tmp_path):
     run_in_netns(scenario_loiter, tmp_path)
+
+
+@pytest.mark.slow
+def test_rcpt_pop3_http_path_and_max_duration_ban(tmp_path):
+    run_in_netns(scenario_rcpt_pop3_http_and_max_duration, tmp_path)
+
+
+@pytest.mark.slow
+def test_through_haproxy_the_client_is_banned_not_the_proxy(tmp_path):
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed (scripts/test-deps installs it)")
+    run_in_netns(scenario_haproxy, tmp_path)
 
 
 def test_ipv6_rotation_inside_a_64_through_a_trusted_proxy(tmp_path):
