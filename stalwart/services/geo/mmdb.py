@@ -156,9 +156,8 @@ def write_database(path: str, v4: Iterable[tuple[int, int, Any]], v6: Iterable[t
     left = array("q", [0])  # child: > 0 node, 0 empty, < 0 data offset (-off - 1)
     right = array("q", [0])
 
-    def insert(net: int, plen: int, leaf: int) -> None:
-        node = 0
-        for depth in range(plen):
+    def insert(net: int, plen: int, leaf: int, node: int = 0, first: int = 0) -> None:
+        for depth in range(first, plen):
             bit = (net >> (127 - depth)) & 1
             side = right if bit else left
             child = side[node]
@@ -173,14 +172,24 @@ def write_database(path: str, v4: Iterable[tuple[int, int, Any]], v6: Iterable[t
                 child = new
             node = child
 
-    for rng, bits in ((v4, 32), (v6, 128)):
-        for start, end, record in rng:
-            leaf = -enc.add(record) - 1
-            for net, plen in range_to_cidrs(start, end, bits):
-                if bits == 32:
-                    insert(net, 96 + plen, leaf)
-                else:
-                    insert(net, plen, leaf)
+    v4_root = -1  # the node of ::/96, where every IPv4 network hangs; made on first use
+    for start, end, record in v4:
+        leaf = -enc.add(record) - 1
+        if v4_root < 0:
+            node = 0
+            for _ in range(96):  # 96 left turns
+                if left[node] <= 0:
+                    left.append(0)
+                    right.append(0)
+                    left[node] = len(left) - 1
+                node = left[node]
+            v4_root = node
+        for net, plen in range_to_cidrs(start, end, 32):
+            insert(net, 96 + plen, leaf, v4_root, 96)
+    for start, end, record in v6:
+        leaf = -enc.add(record) - 1
+        for net, plen in range_to_cidrs(start, end, 128):
+            insert(net, plen, leaf)
     n = len(left)
     data_len = len(enc.buf)
     top = n + 16 + data_len

@@ -100,7 +100,8 @@ class GeoService:
         self._asn: MappedTable | None = self.tables.get(ASN)
         self._country: MappedTable | None = self.tables.get(COUNTRY)
         self._next_check = 0.0
-        self._infos: dict[tuple[int, int], GeoInfo] = {}
+        self._infos: dict[int, GeoInfo] = {}
+        self._find_asn = self._find_country = _absent
 
     @classmethod
     def from_config(cls, cfg: Asn, data_dir: str, txt: TxtLookup | None = None) -> "GeoService":
@@ -110,48 +111,55 @@ class GeoService:
     def enabled(self) -> bool:
         return bool(self.tables) or self.dns is not None
 
-    def _check(self) -> None:
-        now = self.clock()
-        if now < self._next_check:
-            return
+    def _check(self, now: float) -> None:
         self._next_check = now + CHECK_INTERVAL
         changed = False
         for mt in self.tables.values():
             changed |= mt.refresh()
         if changed:
             self._infos = {}
+            # Bound methods of the current tables: the hot path makes no attribute walks.
+            self._find_asn = self._asn.table.find if self._asn.table is not None else _absent
+            self._find_country = self._country.table.find if self._country.table is not None else _absent
 
     def lookup(self, packed: bytes) -> GeoInfo | None:
         """ASN and country of ``packed`` from the tables (or the DNS cache); None when unknown."""
         if not self.tables:
-            if self.dns is None:
-                return None
-            ip = _address(packed)
-            if ip is None or ip.is_loopback:
-                return None
-            return self.dns.cached(_canonical(ip))[1]
-        self._check()
-        if len(packed) == 4:
+            return self._cached_dns(packed)
+        now = self.clock()
+        if now >= self._next_check:
+            self._check(now)
+        n = len(packed)
+        if n == 4:
             if packed[0] == 127:
                 return None
-        elif len(packed) == 16:
-            if packed == _V6_LOOPBACK or (packed[:12] == _V4_MAPPED and packed[12] == 127):
-                return None
-        else:
+        elif n != 16 or packed == _V6_LOOPBACK or (packed[12] == 127 and packed[:12] == _V4_MAPPED):
             return None
-        a = self._asn.table.find(packed) if self._asn.table is not None else -1
-        c = self._country.table.find(packed) if self._country.table is not None else -1
+        a = self._find_asn(packed)
+        c = self._find_country(packed)
         if a < 0 and c < 0:
             return None
-        key = (a, c)
+        key = (a << 32) | (c & 0xFFFFFFFF)
         info = self._infos.get(key)
         if info is None:
-            if len(self._infos) >= INFO_CACHE_LIMIT:
-                self._infos = {}
-            asn, name = self._asn.table.value(a) if a >= 0 else (None, None)
-            cc = self._country.table.value(c)[1] if c >= 0 else None
-            info = self._infos[key] = GeoInfo(asn, name or None, cc)
+            info = self._make_info(key, a, c)
         return info
+
+    def _make_info(self, key: int, a: int, c: int) -> GeoInfo:
+        if len(self._infos) >= INFO_CACHE_LIMIT:
+            self._infos = {}
+        asn, name = self._asn.table.value(a) if a >= 0 else (None, None)
+        cc = self._country.table.value(c)[1] if c >= 0 else None
+        info = self._infos[key] = GeoInfo(asn, name or None, cc)
+        return info
+
+    def _cached_dns(self, packed: bytes) -> GeoInfo | None:
+        if self.dns is None:
+            return None
+        ip = _address(packed)
+        if ip is None or ip.is_loopback:
+            return None
+        return self.dns.cached(_canonical(ip))[1]
 
     async def resolve(self, packed: bytes) -> GeoInfo | None:
         """Like :meth:`lookup`, but the ``Dns`` variant queries the zone on a cache miss. A failed
@@ -178,8 +186,7 @@ class GeoService:
 
     def status(self) -> dict:
         """What each table holds: ranges and build time (for ``stalwart-cli geo status``)."""
-        self._next_check = 0.0
-        self._check()
+        self._check(self.clock())
         out = {}
         for kind, mt in self.tables.items():
             t = mt.table
@@ -194,6 +201,11 @@ class GeoService:
 
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 _V6_LOOPBACK = b"\x00" * 15 + b"\x01"
+
+
+def _absent(packed: bytes) -> int:
+    """``find`` of a table that is not there."""
+    return -1
 
 
 def _address(packed: bytes):
