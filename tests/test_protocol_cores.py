@@ -70,7 +70,7 @@ CORPORA = [
      b"+OK Stalwart POP3 bids you farewell.\r\n"),
     (lambda: ManageSieveSession(ctx(tls_available=False)),
      b"NOOP\r\nPUTSCRIPT x\r\nLOGOUT\r\n",
-     b'OK "NOOP completed."\r\nNO "Command not available."\r\nOK "Logout complete."\r\n'),
+     b'OK "NOOP completed."\r\nNO "Not authenticated."\r\nOK "Logout complete."\r\n'),
 ]
 
 
@@ -104,6 +104,10 @@ def test_starttls_discards_pipelined_plaintext(make, cmd, reply):
     core.receive_data(b"MORE PLAINTEXT\r\n")  # still before the handshake: dropped
     assert core.next_event() is NEED_DATA
     core.tls_started("TLSv1.3", "TLS_AES_256_GCM_SHA384")
+    if isinstance(core, ManageSieveSession):  # RFC 5804 §2.2: capabilities again after the handshake
+        ev = core.next_event()
+        assert isinstance(ev, Send) and ev.data.endswith(b'OK "TLS negotiation successful."\r\n')
+        assert b"STARTTLS" not in ev.data
     assert core.next_event() is NEED_DATA and not core.closed
 
 

@@ -110,3 +110,77 @@ class SieveStore:
         os.rename(src, dst)
         if self.active() == old:
             self.set_active(new)
+
+
+def check_script(script: bytes) -> str | None:
+    """A shallow RFC 5228 syntax check: UTF-8, terminated strings and comments, balanced
+    brackets, and every command ended by ";" or a block. Returns the problem, or None."""
+    try:
+        text = script.decode("utf-8")
+    except UnicodeDecodeError:
+        return "Script is not valid UTF-8."
+    stack: list[str] = []
+    pairs = {")": "(", "]": "[", "}": "{"}
+    pending = False  # a command started but not yet ended by ";" or "{"
+    i, n, line = 0, len(text), 1
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+            i += 1
+        elif c in " \t\r":
+            i += 1
+        elif c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            if end < 0:
+                return f"line {line}: unterminated comment."
+            line += text.count("\n", i, end)
+            i = end + 2
+        elif c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            if j >= n:
+                return f"line {line}: unterminated string."
+            line += text.count("\n", i, j)
+            i = j + 1
+        elif text.startswith("text:", i):
+            end = text.find("\n.\r\n", i)
+            end2 = text.find("\n.\n", i)
+            ends = [e for e in (end, end2) if e >= 0]
+            if not ends:
+                return f"line {line}: unterminated multi-line string."
+            stop = min(ends)
+            line += text.count("\n", i, stop + 2)
+            i = stop + (4 if stop == end else 3)
+        elif c in "([{":
+            if c == "{":
+                if not pending:
+                    return f"line {line}: block without a command."
+                pending = False
+            stack.append(c)
+            i += 1
+        elif c in ")]}":
+            if not stack or stack[-1] != pairs[c]:
+                return f"line {line}: unbalanced '{c}'."
+            stack.pop()
+            i += 1
+        elif c == ";":
+            if not pending:
+                return f"line {line}: unexpected ';'."
+            pending = False
+            i += 1
+        elif c.isalnum() or c in "_:,@.-+*$%!&=<>|'\\/?^~`":
+            if not (stack and stack[-1] in "(["):
+                pending = True
+            i += 1
+        else:
+            return f"line {line}: unexpected character {c!r}."
+    if stack:
+        return "unbalanced brackets at the end of the script."
+    if pending:
+        return "the last command is missing its ';'."
+    return None

@@ -39,7 +39,8 @@ def session_factory(protocol: str, cfg: Config, data_dir: str | None = None,
         mail = MailServices.build(cfg, data_dir)
         return lambda ctx: Pop3Session(ctx, imap_timeout, services=mail, allow_plain_auth=plain_auth)
     if protocol == "manageSieve":
-        return lambda ctx: ManageSieveSession(ctx, imap_timeout)
+        mail = MailServices.build(cfg, data_dir)
+        return lambda ctx: ManageSieveSession(ctx, imap_timeout, services=mail, allow_plain_auth=plain_auth)
     if protocol == "http":
         http = HttpService(cfg, data_dir=data_dir)  # compiled once per listener and configuration load
         return lambda ctx: HttpSession(ctx, service=http)
