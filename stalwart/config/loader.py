@@ -220,4 +220,18 @@ def to_json(cfg: Config) -> bytes:
         pk = cert.get("privateKey", {})
         if "secret" in pk:
             pk["secret"] = "***"
+    _mask_secrets(raw)
     return msgspec.json.format(msgspec.json.encode(raw), indent=2)
+
+
+def _mask_secrets(node: Any) -> None:
+    """Mask every inline secret (``{"@type": "Value", "secret": …}``) wherever an object nests one,
+    e.g. ``Asn.httpAuth.bearerToken``."""
+    if isinstance(node, dict):
+        if node.get("@type") in ("Value", "Text") and "secret" in node:
+            node["secret"] = "***"
+        for value in node.values():
+            _mask_secrets(value)
+    elif isinstance(node, list):
+        for value in node:
+            _mask_secrets(value)
