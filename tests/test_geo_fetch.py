@@ -292,3 +292,28 @@ def test_missing_secret_is_reported_not_raised(tmp_path, monkeypatch):
     ev = Events()
     assert build(cfg, str(tmp_path), "asn", ev) == (False, 0)
     assert "NO_SUCH_GEO_VAR" in ev.named("resource.error")[0]["Details"]
+
+
+def test_redirects_followed_without_leaking_credentials(server):
+    with CsvServer() as other:
+        other.files["/x.csv"] = b"1.2.3.0,1.2.3.255,64500,EX\n"
+        server.files["/x.csv"] = b"1.2.3.0,1.2.3.255,64501,SAME\n"
+
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with CsvServer() as hop:  # answers every request with a redirect
+            hop.httpd.RequestHandlerClass.do_GET = lambda h: (
+                h.send_response(302), h.send_header("Location", other.url("/x.csv") if "away" in h.path
+                                                    else hop.url("/bearer/x.csv").replace(str(hop.port), str(server.port))),
+                h.send_header("Content-Length", "0"), h.end_headers())
+            assert "64500" in fetch_text(hop.url("/away"), headers, 5.0, 1000)
+            assert "Authorization" not in other.requests[-1][1]
+            # Same origin as the redirect target keeps nothing either: the hop is another port.
+            with pytest.raises(FetchError, match="401"):
+                fetch_text(hop.url("/here"), headers, 5.0, 1000)
+
+
+def test_check_output_masks_the_token():
+    from stalwart.config import to_json
+
+    cfg_doc = b'{"Asn": {"@type": "Resource", "httpAuth": {"@type": "Bearer", "bearerToken": {"@type": "Value", "secret": "TOPSECRET"}}}}'
+    assert b"TOPSECRET" not in to_json(parse_bytes(cfg_doc))

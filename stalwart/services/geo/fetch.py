@@ -128,6 +128,10 @@ def _read_http(url: str, headers: dict[str, str], deadline: float, sink: _Sink) 
                 resp = conn.getresponse()
                 if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
                     url = urllib.parse.urljoin(url, resp.getheader("Location"))
+                    moved = urllib.parse.urlsplit(url)
+                    if (moved.scheme.lower(), moved.hostname, moved.port) != (scheme, parts.hostname, port):
+                        # Credentials are for the configured origin only, never for where it points.
+                        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
                     continue
                 if not 200 <= resp.status < 300:
                     raise FetchError(f"HTTP status {resp.status} {resp.reason}")
