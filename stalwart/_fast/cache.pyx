@@ -612,7 +612,7 @@ cdef class Cache:
 
     cdef bint _store(self, object key, object value, int64_t w, double exp, bint negative) except -1:
         cdef _Entry e
-        cdef uint8_t ring
+        cdef uint8_t ring = COLD
         if w > self._hot_target:
             self._discard(key)
             self.rejected += 1
