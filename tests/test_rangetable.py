@@ -193,3 +193,19 @@ def test_large_table_twins_agree():
         b = p6(rng.choice(starts6) + rng.getrandbits(61))
         assert c.find(a) == py.find(a)
         assert c.find(b) == py.find(b)
+
+
+def test_find_pair(rangetable):
+    a = make(rangetable, [(10, 20, 0)], [(1 << 100, (1 << 100) + 5, 1)], 2)
+    c = make(rangetable, [(15, 30, 1)], [], 2)
+    assert rangetable.find_pair(a, c, p4(16)) == (1 << 32) | 2
+    assert rangetable.find_pair(a, c, p4(12)) == (1 << 32) | 0
+    assert rangetable.find_pair(a, c, p4(25)) == (0 << 32) | 2
+    assert rangetable.find_pair(a, c, p4(99)) == 0
+    assert rangetable.find_pair(a, None, p6((1 << 100) + 1)) == 2 << 32
+    assert rangetable.find_pair(None, c, b"\x00" * 10 + b"\xff\xff" + p4(16)) == 2
+    assert rangetable.find_pair(None, None, p4(16)) == 0
+    with pytest.raises(ValueError):
+        rangetable.find_pair(a, c, b"12345")
+    with pytest.raises(TypeError):
+        rangetable.find_pair(None, None, "1.2.3.4")

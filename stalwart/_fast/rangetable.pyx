@@ -30,7 +30,7 @@ cdef extern from *:
 
 DEF BUCKETS_C = 65536
 
-__all__ = ["RangeTable", "RangeTableError", "encode", "write", "read_header", "BUCKETS", "HEADER_SIZE"]
+__all__ = ["RangeTable", "find_pair", "RangeTableError", "encode", "write", "read_header", "BUCKETS", "HEADER_SIZE"]
 
 cdef class RangeTable:
     """Read-only view of a range table buffer; same API and errors as ``rangetable_py.RangeTable``."""
@@ -181,3 +181,32 @@ cdef class RangeTable:
 
 
 cdef uint32_t _EMPTY_INDEX[65537]
+
+
+def find_pair(RangeTable first, RangeTable second, packed):
+    """Both tables' value indexes for ``packed`` in one call, as ``(i1 + 1) << 32 | (i2 + 1)``
+    (0 when neither holds it); either table may be None. One call instead of two keeps the
+    per-lookup Python overhead of the ASN + country lookup a session makes down."""
+    if not PyBytes_CheckExact(packed):
+        raise TypeError("packed address must be bytes")
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(packed), a = -1, c = -1
+    cdef const unsigned char *p = <const unsigned char *> PyBytes_AS_STRING(packed)
+    cdef uint32_t ip4
+    cdef bint v4 = n == 4
+    if n == 16 and rt_be64(p) == 0 and rt_be32(p + 8) == 0xFFFF:
+        v4 = True
+        p += 12
+    elif n != 4 and n != 16:
+        raise ValueError("packed address must be 4 or 16 bytes")
+    if v4:
+        ip4 = rt_be32(p)
+        if first is not None:
+            a = first._find4(ip4)
+        if second is not None:
+            c = second._find4(ip4)
+    else:
+        if first is not None:
+            a = first._find6(rt_be64(p), rt_be64(p + 8))
+        if second is not None:
+            c = second._find6(rt_be64(p), rt_be64(p + 8))
+    return ((<uint64_t> (a + 1)) << 32) | <uint64_t> (c + 1)

@@ -268,3 +268,16 @@ class RangeTable:
         self._idx4 = self._idx6 = array("I", bytes(4 * (BUCKETS + 1)))
         self._s4 = self._e4 = self._v4 = self._v6 = self._offsets = array("I")
         self._s6 = self._e6 = array("Q")
+
+
+def find_pair(first: RangeTable | None, second: RangeTable | None, packed: bytes) -> int:
+    """Both tables' value indexes for ``packed`` in one call, as ``(i1 + 1) << 32 | (i2 + 1)``
+    (0 when neither holds it); either table may be None."""
+    a = first.find(packed) if first is not None else -1
+    c = second.find(packed) if second is not None else -1
+    if second is None and first is None:
+        if not isinstance(packed, bytes):
+            raise TypeError("packed address must be bytes")
+        if len(packed) not in (4, 16):
+            raise ValueError("packed address must be 4 or 16 bytes")
+    return ((a + 1) << 32) | (c + 1)

@@ -101,7 +101,7 @@ class GeoService:
         self._country: MappedTable | None = self.tables.get(COUNTRY)
         self._next_check = 0.0
         self._infos: dict[int, GeoInfo] = {}
-        self._find_asn = self._find_country = _absent
+        self._pair: tuple = (None, None)  # the current (asn, country) tables for find_pair
 
     @classmethod
     def from_config(cls, cfg: Asn, data_dir: str, txt: TxtLookup | None = None) -> "GeoService":
@@ -118,9 +118,7 @@ class GeoService:
             changed |= mt.refresh()
         if changed:
             self._infos = {}
-            # Bound methods of the current tables: the hot path makes no attribute walks.
-            self._find_asn = self._asn.table.find if self._asn.table is not None else _absent
-            self._find_country = self._country.table.find if self._country.table is not None else _absent
+            self._pair = (self._asn.table, self._country.table)
 
     def lookup(self, packed: bytes) -> GeoInfo | None:
         """ASN and country of ``packed`` from the tables (or the DNS cache); None when unknown."""
@@ -135,19 +133,18 @@ class GeoService:
                 return None
         elif n != 16 or packed == _V6_LOOPBACK or (packed[12] == 127 and packed[:12] == _V4_MAPPED):
             return None
-        a = self._find_asn(packed)
-        c = self._find_country(packed)
-        if a < 0 and c < 0:
+        key = rangetable.find_pair(*self._pair, packed)
+        if not key:
             return None
-        key = (a << 32) | (c & 0xFFFFFFFF)
         info = self._infos.get(key)
         if info is None:
-            info = self._make_info(key, a, c)
+            info = self._make_info(key)
         return info
 
-    def _make_info(self, key: int, a: int, c: int) -> GeoInfo:
+    def _make_info(self, key: int) -> GeoInfo:
         if len(self._infos) >= INFO_CACHE_LIMIT:
             self._infos = {}
+        a, c = (key >> 32) - 1, (key & 0xFFFFFFFF) - 1
         asn, name = self._asn.table.value(a) if a >= 0 else (None, None)
         cc = self._country.table.value(c)[1] if c >= 0 else None
         info = self._infos[key] = GeoInfo(asn, name or None, cc)
@@ -201,11 +198,6 @@ class GeoService:
 
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 _V6_LOOPBACK = b"\x00" * 15 + b"\x01"
-
-
-def _absent(packed: bytes) -> int:
-    """``find`` of a table that is not there."""
-    return -1
 
 
 def _address(packed: bytes):
