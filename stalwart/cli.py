@@ -107,12 +107,34 @@ def cli_main(argv: list[str] | None = None) -> int:
         rm = actions.add_parser("remove", help="remove an address or network")
         _common(rm, suppress=True)
         rm.add_argument("address")
+    # ai and license run offline from --config and --data-dir, as the server would (services.md §4, §6).
+    ai = sub.add_parser("ai", help="test an AI model endpoint from the configuration file")
+    _common(ai, suppress=True)
+    ask = ai.add_subparsers(dest="action", required=True).add_parser("ask", help="send one prompt, print the answer")
+    _common(ask, suppress=True)
+    ask.add_argument("model", help='AiModel name ("" picks the only one)')
+    ask.add_argument("prompt")
+    ask.add_argument("--temperature", type=float, help="0..1; default: the model's temperature")
+    ask.add_argument("-v", "--verbose", action="store_true", help="time taken and token counts on stderr")
+    lic = sub.add_parser("license", help="the Enterprise licence")
+    _common(lic, suppress=True)
+    show = lic.add_subparsers(dest="action", required=True).add_parser("show", help="what the licence covers")
+    _common(show, suppress=True)
+    show.add_argument("--json", action="store_true", help="machine-readable output")
     from .services.geo.commands import add_geo_parser, run as geo_run
 
     add_geo_parser(sub, _common)
     args = parser.parse_args(argv)
     if args.command == "geo":
         return geo_run(args, _data_dir(args))
+    if args.command == "ai":
+        from .services.ai.commands import ask as ai_ask
+
+        return ai_ask(args.config, _data_dir(args), args.model, args.prompt, args.temperature, args.verbose)
+    if args.command == "license":
+        from .services.license.commands import show as license_show
+
+        return license_show(args.config, _data_dir(args), args.json)
     payload: dict = {}
     command = args.command
     if command == "dns-records":

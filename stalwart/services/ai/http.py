@@ -91,20 +91,26 @@ def tls_context(verify: bool) -> ssl.SSLContext:
 
 
 class _Connection:
-    __slots__ = ("reader", "writer", "h11", "idle_since")
+    __slots__ = ("reader", "writer", "h11", "idle_since", "loop")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader = reader
         self.writer = writer
         self.h11 = h11.Connection(h11.CLIENT)
         self.idle_since = 0.0
+        self.loop = asyncio.get_running_loop()
 
     def usable(self, now: float) -> bool:
-        return (not self.writer.is_closing() and not self.reader.at_eof()
-                and now - self.idle_since < IDLE_TTL)
+        # A connection belongs to the event loop that opened it (``stalwart-cli`` and tests run
+        # one loop per call); one from another loop is dropped, not reused.
+        return (self.loop is asyncio.get_running_loop() and not self.writer.is_closing()
+                and not self.reader.at_eof() and now - self.idle_since < IDLE_TTL)
 
     def close(self) -> None:
-        self.writer.close()
+        try:
+            self.writer.close()
+        except RuntimeError:
+            pass  # its event loop is already closed: the socket went with it
 
 
 class HttpClient:

@@ -1,0 +1,112 @@
+"""``stalwart-cli license show`` and ``stalwart-cli ai ask`` run offline from --config and --data-dir."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from stalwart.cli import cli_main
+from stalwart.services.license import key as lkey
+from stalwart.services.license import trust
+from test_ai_support import FakeOpenAi
+
+DAY = 86400
+
+
+@pytest.fixture
+def signer():
+    private = Ed25519PrivateKey.generate()
+    with trust.use_test_key(private.public_key()):
+        yield private
+
+
+def write_config(tmp_path, licence=None, models=(), api_key=None):
+    doc = {"SystemSettings": {"defaultHostname": "mx1.example.org"}, "AiModel": list(models)}
+    ent = {}
+    if licence:
+        ent["licenseKey"] = {"@type": "Value", "secret": licence}
+    if api_key:
+        ent["apiKey"] = {"@type": "Value", "secret": api_key}
+    if ent:
+        doc["Enterprise"] = ent
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def current(signer, **kw):
+    now = int(time.time())
+    return lkey.issue(signer, kw.get("domain", "*.example.org"), kw.get("accounts", 25),
+                      kw.get("valid_from", now - DAY), kw.get("valid_to", now + 10 * DAY + 3600))
+
+
+def test_license_show_valid(signer, tmp_path, capsys):
+    cfg = write_config(tmp_path, current(signer), api_key="k")
+    assert cli_main(["license", "show", "--config", cfg, "--data-dir", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "edition:" in out and "enterprise" in out
+    assert "*.example.org" in out and "up to 25" in out and "10 d 0 h left" in out or "10 d 1 h left" in out
+    assert "configured (Enterprise.licenseKey)" in out and "renewal:" in out and "/api/license" in out
+
+
+def test_license_show_json_and_invalid_exit_code(signer, tmp_path, capsys):
+    cfg = write_config(tmp_path, current(signer, domain="example.net"))
+    assert cli_main(["license", "show", "--json", "--config", cfg]) == 1
+    status = json.loads(capsys.readouterr().out)
+    assert status["edition"] == "community"
+    assert status["reason"] == 'License issued to domain "example.net" does not match "mx1.example.org"'
+
+
+def test_license_show_without_licence_is_community(tmp_path, capsys):
+    assert cli_main(["license", "show", "--config", write_config(tmp_path)]) == 0
+    assert "community" in capsys.readouterr().out
+
+
+def test_license_show_in_a_real_process_uses_the_embedded_key(tmp_path):
+    """Outside the test hook the project's own trust root applies: a test-signed key is refused."""
+    private = Ed25519PrivateKey.generate()
+    cfg = write_config(tmp_path, current(private))
+    proc = subprocess.run([sys.executable, "-m", "stalwart.cli", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    proc = subprocess.run([sys.executable, "-c", "import sys; from stalwart.cli import cli_main; "
+                           f"sys.exit(cli_main(['license', 'show', '--config', {cfg!r}]))"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "Failed to validate license key" in proc.stdout
+
+
+def model(url, name="m"):
+    return {"name": name, "url": url, "model": "test-model", "httpAuth": {"@type": "Unauthenticated"}}
+
+
+def test_ai_ask_prints_the_answer(signer, tmp_path, capsys):
+    with FakeOpenAi() as srv:
+        srv.reply = "Pong."
+        cfg = write_config(tmp_path, current(signer), [model(srv.url("/v1/chat/completions"))])
+        assert cli_main(["ai", "ask", "m", "Ping?", "--config", cfg, "-v"]) == 0
+        assert srv.requests[-1].json()["messages"][0]["content"] == "Ping?"
+    captured = capsys.readouterr()
+    assert captured.out == "Pong.\n"
+    assert "TotalTokens=14" in captured.err
+
+
+def test_ai_ask_is_refused_without_a_licence(tmp_path, capsys):
+    with FakeOpenAi() as srv:
+        cfg = write_config(tmp_path, None, [model(srv.url("/v1/chat/completions"))])
+        assert cli_main(["ai", "ask", "m", "Ping?", "--config", cfg]) == 1
+        assert srv.requests == []
+    err = capsys.readouterr().err
+    assert "AI models are refused" in err and "only available in the Enterprise edition" in err
+
+
+def test_ai_ask_reports_errors_and_unknown_models(signer, tmp_path, capsys):
+    with FakeOpenAi() as srv:
+        cfg = write_config(tmp_path, current(signer), [model(srv.url("/malformed"))])
+        assert cli_main(["ai", "ask", "m", "x", "--config", cfg]) == 1
+        assert "malformed JSON" in capsys.readouterr().err
+        assert cli_main(["ai", "ask", "other", "x", "--config", cfg]) == 2
+        assert "no AiModel named 'other' (configured: m)" in capsys.readouterr().err
