@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from stalwart.cli import cli_main
 from stalwart.services.license import key as lkey
@@ -110,3 +111,24 @@ def test_ai_ask_reports_errors_and_unknown_models(signer, tmp_path, capsys):
         assert "malformed JSON" in capsys.readouterr().err
         assert cli_main(["ai", "ask", "other", "x", "--config", cfg]) == 2
         assert "no AiModel named 'other' (configured: m)" in capsys.readouterr().err
+
+
+def test_issuing_tool_round_trip(tmp_path):
+    script = [sys.executable, "scripts/issue-license"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    keyfile = tmp_path / "signing.pem"
+    out = subprocess.run([*script, "keygen", "--out", str(keyfile)], cwd=root, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    public = out.split("PUBLIC_KEY_HEX): ")[1].strip()
+    assert oct(keyfile.stat().st_mode & 0o777) == "0o600"
+    licence = subprocess.run([*script, "issue", "--key", str(keyfile), "--domain", "*.Example.org", "--accounts", "5",
+                              "--from", "2026-01-01T00:00:00Z", "--to", "2099-01-01T00:00:00Z"],
+                             cwd=root, capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    lic = lkey.decode(licence, Ed25519PublicKey.from_public_bytes(bytes.fromhex(public)))
+    assert (lic.domain, lic.accounts) == ("*.example.org", 5)
+    ok = subprocess.run([*script, "verify", "--public-key", public, "--hostname", "mx.example.org", licence],
+                        cwd=root, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.startswith("valid:")
+    bad = subprocess.run([*script, "verify", "--public-key", public, "--hostname", "mx.example.com", licence],
+                         cwd=root, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "does not match" in bad.stdout
