@@ -233,14 +233,28 @@ def test_mmdb_change_triggers_rebuild(tmp_path):
     assert ref.state["country"].due == float("inf")
     run_helper(ref)
     assert ref.command("lookup", {"address": "1.0.0.1"})["asnName"] == "ONE"
+    now[0] += 61
     ref.tick()
-    assert ref.proc is None  # unchanged file: nothing to do
+    assert ref.proc is None  # checked after `expires`: unchanged file, nothing to read
+    assert ref.state["asn"].due == now[0] + 60
     write_database(db, [(int(ipaddress.IPv4Address("1.0.0.0")), int(ipaddress.IPv4Address("1.0.0.255")),
                          asn_record(2, "TWO"))], [])
     os.utime(db, (time.time() + 5, time.time() + 5))
+    ref.tick()
+    assert ref.proc is None  # not before the next check
+    now[0] += 61
     run_helper(ref)
     ref.service._next_check = 0
     assert ref.command("lookup", {"address": "1.0.0.1"})["asnName"] == "TWO"
+    ref.close()
+
+
+def test_killed_helper_leftovers_are_removed(tmp_path):
+    os.makedirs(tmp_path / "geo")
+    (tmp_path / "geo" / "asn.table.tmp12345").write_bytes(b"half")
+    ref = GeoRefresher(str(tmp_path))
+    ref.configure(cfg_of({"@type": "Resource", "asnUrls": ["file:///nonexistent.csv"]}))
+    assert not (tmp_path / "geo" / "asn.table.tmp12345").exists()
     ref.close()
 
 

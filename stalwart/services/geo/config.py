@@ -124,7 +124,7 @@ class AsnMmdb(AsnBase, tag="Mmdb"):
     ``asnDatabase`` records carry ``autonomous_system_number`` and
     ``autonomous_system_organization``; ``countryDatabase`` records carry ``country.iso_code``
     (``registered_country.iso_code`` when the former is absent). ``expires`` is how often the files'
-    modification times are checked."""
+    modification times are checked; a changed file is read again into the shared table."""
 
     asn_database: NonEmpty | None = None
     country_database: NonEmpty | None = None

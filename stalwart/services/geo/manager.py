@@ -10,8 +10,8 @@ without blocking. Each table kind (``asn``, ``country``) has its own schedule:
 * after a success: due again after ``expires``;
 * after a failure (nothing usable read): the last good table stays; retried after 60 s, doubling up
   to ``expires``;
-* ``Mmdb`` files are also re-read as soon as their modification time changes (checked every
-  ``expires``).
+* ``Mmdb`` files are checked every ``expires`` and read again only when their modification time
+  changed.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from ..._fast import load as load_kernel
 from ...config.types import enc_hook
 from .config import Asn, AsnDisabled, AsnDns, AsnMmdb, AsnResource
 from .dns import DnsLookupError, DnspythonTxt
-from .refresh import KINDS, sources, table_path
+from .refresh import KINDS, TABLE_DIR, sources, table_path
 from .service import GeoService
 from .tables import fingerprint
 
@@ -62,6 +62,7 @@ class GeoRefresher:
         self.state = {kind: _KindState() for kind in KINDS}
         self.proc: subprocess.Popen | None = None
         self.proc_kinds: list[str] = []
+        self.proc_mtimes: dict[str, int] = {}
         self.proc_deadline = 0.0
         self.buf = b""
         self.results: dict[str, bool] = {}
@@ -73,6 +74,8 @@ class GeoRefresher:
         sources did not change."""
         old = self.cfg
         self.cfg = cfg
+        if self.proc is None:
+            _remove_temporaries(os.path.join(self.data_dir, TABLE_DIR))
         self.service.close()
         self.service = GeoService(cfg, self.data_dir, DnspythonTxt(timeout=CONTROL_DNS_TIMEOUT))
         if not isinstance(cfg, (AsnResource, AsnMmdb)):
@@ -105,7 +108,7 @@ class GeoRefresher:
         built = hdr["built_at"]
         if isinstance(cfg, AsnMmdb):
             self.state[kind].mtime = _mtime(sources(cfg, kind)[0])
-            if self.state[kind].mtime > built:
+            if self.state[kind].mtime // 10**9 >= built:  # changed since (or while) it was read
                 return now
         return built + _expires(cfg)
 
@@ -119,12 +122,12 @@ class GeoRefresher:
             return
         now = self.clock()
         if isinstance(self.cfg, AsnMmdb):
+            # Every `expires`: a database file whose modification time did not change since its
+            # table was built needs nothing; only a changed (or never read) file is read again.
             for kind, st in self.state.items():
                 srcs = sources(self.cfg, kind)
-                if srcs and st.due != float("inf") and st.failures == 0:
-                    m = _mtime(srcs[0])
-                    if m and m != st.mtime:
-                        st.due = min(st.due, now)
+                if srcs and st.due <= now and st.failures == 0 and st.mtime and _mtime(srcs[0]) == st.mtime:
+                    st.due = now + _expires(self.cfg)
         due = [k for k, st in self.state.items() if st.due <= now]
         if due:
             self._start_helper(due)
@@ -135,7 +138,9 @@ class GeoRefresher:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "stalwart.services.geo.refresh"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+                # Its own session: a Ctrl-C or group signal meant for stalwartd does not reach it;
+                # the master stops it (close(), or the time budget below).
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
             self.proc.stdin.write(json.dumps(req).encode())
             self.proc.stdin.close()
@@ -147,6 +152,8 @@ class GeoRefresher:
             return
         os.set_blocking(self.proc.stdout.fileno(), False)
         self.proc_kinds = list(kinds)
+        # Modification times as the helper starts reading: a change during the read is seen next time.
+        self.proc_mtimes = {k: _mtime(sources(self.cfg, k)[0]) for k in kinds} if isinstance(self.cfg, AsnMmdb) else {}
         self.results = {}
         self.buf = b""
         budget = HELPER_GRACE
@@ -213,7 +220,7 @@ class GeoRefresher:
             st.failures = 0
             st.due = now + expires
             if isinstance(self.cfg, AsnMmdb):
-                st.mtime = _mtime(sources(self.cfg, kind)[0])
+                st.mtime = self.proc_mtimes.get(kind, 0)
         else:
             st.failures += 1
             st.due = now + min(RETRY_FIRST * 2 ** (st.failures - 1), expires)
@@ -274,6 +281,20 @@ class GeoRefresher:
         return {"ok": False, "error": f"unknown geo command {action!r}"}
 
 
+def _remove_temporaries(directory: str) -> None:
+    """Half-written tables of a helper that was killed (``<kind>.table.tmp<pid>``)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if ".table.tmp" in name:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+
+
 def _kind(cfg: Asn) -> str:
     return type(cfg).__struct_config__.tag
 
@@ -283,8 +304,9 @@ def _expires(cfg: Asn) -> float:
 
 
 def _mtime(path: str) -> int:
+    """Modification time in nanoseconds, 0 when the file cannot be read."""
     try:
-        return int(os.stat(path).st_mtime)
+        return os.stat(path).st_mtime_ns
     except OSError:
         return 0
 
