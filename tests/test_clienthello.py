@@ -14,6 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from certgen import make_cert
 from kernels import kernel_fixture
 from stalwart._fast import load
 from stalwart._fast.clienthello_errors import REASONS, ClientHelloError
@@ -211,6 +212,89 @@ def test_many_distinct_extension_types(clienthello):
     assert reason(clienthello, hello_with(*dup)) == "malformed"
     assert reason(clienthello, hello_with(*[(t, b"") for t in range(64, 64 + 129)])) == "too-large"
     assert reason(clienthello, hello_with(*[(t, b"") for t in range(64, 64 + 129)])[:5 + 6000]) == "too-large"
+
+
+# -- the peeked bytes, replayed whole, complete a real handshake -----------------------------------
+
+@pytest.fixture(scope="module")
+def server_context(tmp_path_factory):
+    cert, key, _ = make_cert(["mail.example.com"])
+    d = tmp_path_factory.mktemp("clienthello")
+    (d / "cert.pem").write_text(cert)
+    (d / "key.pem").write_text(key)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
+    ctx.set_alpn_protocols(["acme-tls/1", "http/1.1"])
+    return ctx
+
+
+def client_context(alpn=None, maximum=None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    if maximum:
+        ctx.maximum_version = maximum
+    return ctx
+
+
+def handshake_after_peek(mod, server_ctx, client_ctx, sni, session=None, chunk=1):
+    """A client and a server over MemoryBIOs. The client's first flight reaches the peek in
+    ``chunk``-byte reads, peeked at the hint as a driver would, then goes whole to the server."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=sni, session=session)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    flight = c_out.read()
+    buf, hello, want = b"", None, 1
+    for k in range(0, len(flight), chunk):
+        buf += flight[k:k + chunk]
+        if len(buf) >= want:
+            hello, want = mod.peek_with_hint(buf)
+            if hello is not None:
+                break
+    assert hello is not None and buf == flight
+    s_in.write(flight)
+    done = {"client": False, "server": False}
+    for _ in range(10):
+        for name, obj in (("server", server), ("client", client)):
+            if not done[name]:
+                try:
+                    obj.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+            c_in.write(s_out.read())
+            s_in.write(c_out.read())
+        if all(done.values()):
+            break
+    assert all(done.values())
+    return hello, client, server
+
+
+def test_peeked_flight_completes_the_handshake(clienthello, server_context):
+    hello, client, server = handshake_after_peek(clienthello, server_context, client_context(["acme-tls/1"]),
+                                                 "Mail.Example.com")
+    assert (hello.sni, hello.alpn) == ("mail.example.com", (b"acme-tls/1",))
+    assert server.selected_alpn_protocol() == "acme-tls/1" and server.version() == "TLSv1.3"
+    hello, client, server = handshake_after_peek(clienthello, server_context,
+                                                 client_context(maximum=ssl.TLSVersion.TLSv1_2), None, chunk=7)
+    assert hello.sni is None and server.version() == "TLSv1.2"
+
+
+def test_resumption_hello_with_pre_shared_key_last(clienthello, server_context):
+    ctx = client_context()
+    _, client, _ = handshake_after_peek(clienthello, server_context, ctx, "mail.example.com")
+    # TLS 1.3 tickets arrive after the handshake (the pump moved them): a read makes the client take them
+    with pytest.raises(ssl.SSLWantReadError):
+        client.read(1)
+    assert client.session is not None and client.session.has_ticket
+    hello, client2, _ = handshake_after_peek(clienthello, server_context, ctx, "mail.example.com",
+                                             session=client.session)
+    assert hello.extensions[-1] == 41 and 45 in hello.extensions  # pre_shared_key last, psk modes
+    assert client2.session_reused
 
 
 # -- peek_with_hint: when peeking again can answer differently ---------------------------------------
