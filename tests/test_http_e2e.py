@@ -130,6 +130,14 @@ def test_management_api_with_curl(http):
     assert {s.labels["listener"] for s in families["stalwart_connections"].samples} == {"http"}
     assert families["stalwart_workers"].samples
 
+    def value(name, **labels):
+        return next(s.value for f in families.values() for s in f.samples if s.name == name and s.labels == labels)
+
+    assert value("stalwart_connections_accepted_total", listener="http") >= 20  # every curl above, all workers
+    assert value("stalwart_sessions_total", protocol="http") >= 20
+    assert value("stalwart_connections_refused_total", listener="http", reason="blocked") >= 6
+    assert value("stalwart_bans_total", category="portScanning") >= 1  # the banned path
+
     code, body = curl(base + "/api/reload", *admin, "-X", "POST")
     assert code == 200, body
     srv.wait_log("server.reload-complete")

@@ -154,6 +154,7 @@ class Connection(asyncio.Protocol):
         self.held = True
         worker.sessions.add(self)
         self.span = worker.next_span()
+        worker.metrics.accepted(lr.index)
         return True
 
     def _blocked(self) -> None:
@@ -369,9 +370,11 @@ class Connection(asyncio.Protocol):
             # (security.md §7), through these callables: the worker swaps in new lists when they
             # change, and the core must not hold them or know the worker.
             ctx.extra.update(is_blocked=self._client_blocked, is_allowed=self._client_allowed,
-                             packed=self.packed, exempt=self.exempt, counters=self.worker.autoban.counters)
+                             packed=self.packed, exempt=self.exempt, counters=self.worker.autoban.counters,
+                             metrics=self.worker.metrics.table)
         core = lr.factory(ctx)
         self.core = core
+        self.worker.metrics.session(lr.index)
         if self.worker.trace_sessions:
             events.emit(f"{core.event_group}.connection-start", ListenerId=lr.name, LocalPort=self.local_port,
                         RemoteIp=self.remote_ip, RemotePort=self.remote_port, SpanId=self.span)

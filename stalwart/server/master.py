@@ -27,6 +27,7 @@ from .. import events
 from .._fast import load as load_kernel
 from ..config import Config
 from ..errors import BindError, ConfigError, ControlError, StalwartError
+from ..protocols.http.metrics import MetricsTable
 from ..security.admin import AccessAdmin
 from ..security.autoban import SharedSecurity
 from ..security.store import KINDS, AccessStore
@@ -142,7 +143,8 @@ class Master:
         self.gen_counter += 1
         return GenerationPlan(self.gen_counter, cfg, config_mod.hostname(cfg), config_mod.worker_count(cfg),
                               listeners, tls=self._build_tls(cfg), extra={"access_db": self.access.path, "data_dir": self.data_dir,
-                                                                            "security": self.security})
+                                                                            "security": self.security,
+                                                                            "metrics": self.metrics})
 
     # -- start ---------------------------------------------------------------------------------
     def run(self) -> int:
@@ -179,6 +181,8 @@ class Master:
         # Auto-ban tables, mapped before any fork; persisted bans go back in (security.md §5).
         self.security = SharedSecurity()
         self.security.load(self.access)
+        # GET /metrics counters: one row per worker slot, shared like the tables above.
+        self.metrics = MetricsTable(MAX_LISTENERS, MAX_WORKERS)
         try:
             plan = self._make_plan(cfg, sockets)
         except StalwartError as exc:

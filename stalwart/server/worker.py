@@ -23,6 +23,7 @@ from .. import events
 from .._fast import load as load_kernel
 from ..net.driver import Connection
 from ..protocols import session_factory
+from ..protocols.http.metrics import MetricsTable
 from ..security.access import AccessLists, load_runtime
 from ..security.autoban import AutoBan, SharedSecurity
 from .plan import GenerationPlan, ListenerPlan
@@ -83,6 +84,10 @@ class Worker:
         # master's shared ones (a private pair when a worker is built without a master).
         self.autoban = AutoBan(self, plan.extra.get("security") or SharedSecurity(8, 16), plan.config)
         self.autoban.subscribe()
+        table = plan.extra.get("metrics") or MetricsTable(max(8, max((lr.index for lr in self.listeners), default=0) + 1),
+                                                           slot + 1)
+        self.metrics = table.recorder(slot, {lr.name: lr.index for lr in self.listeners})
+        self.metrics.subscribe()
         self.log = events.log()
         self.trace_sessions = self.log.enabled("smtp.connection-start")
         self.loop: asyncio.AbstractEventLoop | None = None

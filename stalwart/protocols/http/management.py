@@ -39,6 +39,7 @@ from ...errors import ControlError
 from ...server.control import request as control_request
 from ..base import SessionContext
 from .messages import Deferred, Request, Response, problem
+from .metrics import render_counters
 from .ratelimit import RateLimits
 
 KINDS = {"blocked-ip": "blocked", "allowed-ip": "allowed"}
@@ -76,7 +77,7 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def prometheus(status: dict, blocked: list, allowed: list) -> bytes:
+def prometheus(status: dict, blocked: list, allowed: list, counters: list[str] = ()) -> bytes:
     """The text exposition format (Prometheus 0.0.4) of what the master knows right now."""
     lines = [
         "# HELP stalwart_connections Open connections per listener.",
@@ -108,7 +109,7 @@ def prometheus(status: dict, blocked: list, allowed: list) -> bytes:
             lines.append(f'stalwart_ip_list_entries{{list="{kind}",reason=""}} 0')
         for reason, n in sorted(counts.items()):
             lines.append(f'stalwart_ip_list_entries{{list="{kind}",reason="{_label(reason)}"}} {n}')
-    return ("\n".join(lines) + "\n").encode()
+    return ("\n".join([*lines, *counters]) + "\n").encode()
 
 
 class ManagementApi:
@@ -117,6 +118,7 @@ class ManagementApi:
     def __init__(self, cfg: Config, data_dir: str | None, limits: RateLimits | None = None):
         self.limits = limits if limits is not None else RateLimits(cfg)
         self.directory = Directory.from_config(cfg)
+        self.protocols = [(lst.name, lst.protocol) for lst in cfg.NetworkListener]
         self.admins = {n.lower() for n in cfg.Http.administrators}
         self.data_dir = data_dir
         self.enabled = bool(self.admins) and data_dir is not None
@@ -128,7 +130,7 @@ class ManagementApi:
     def handle(self, req: Request, ctx: SessionContext) -> Response | Deferred:
         if not self.enabled:
             return problem(404)
-        plan = self._plan(req)
+        plan = self._plan(req, ctx)
         if isinstance(plan, Response):
             return plan
         calls, render = plan
@@ -169,15 +171,21 @@ class ManagementApi:
         return [control_request(self.data_dir, cmd, timeout=timeout, **args) for cmd, args, timeout in calls]
 
     # -- routes ------------------------------------------------------------------------------
-    def _plan(self, req: Request) -> tuple[list[Call], Callable[[list[dict]], Response]] | Response:
+    def _plan(self, req: Request, ctx: SessionContext) -> tuple[list[Call], Callable[[list[dict]], Response]] | Response:
         path, method = req.path, req.method
         if path == "/metrics":
             if method != "GET":
                 return _allow("GET, HEAD")
             calls = [("status", {}, CONTROL_TIMEOUT), ("blocked.list", {}, CONTROL_TIMEOUT),
                      ("allowed.list", {}, CONTROL_TIMEOUT)]
-            return calls, lambda r: Response(200, prometheus(r[0], r[1].get("entries", []), r[2].get("entries", [])),
-                                             PROMETHEUS, [("Cache-Control", "no-store")])
+            table = ctx.extra.get("metrics")
+
+            def render(r: list[dict]) -> Response:
+                counters = render_counters(*table.snapshot(), self.protocols) if table is not None else []
+                body = prometheus(r[0], r[1].get("entries", []), r[2].get("entries", []), counters)
+                return Response(200, body, PROMETHEUS, [("Cache-Control", "no-store")])
+
+            return calls, render
         if path == "/api/status":
             if method != "GET":
                 return _allow("GET, HEAD")
