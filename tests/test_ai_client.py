@@ -253,3 +253,81 @@ def test_at_most_eight_requests_in_flight_per_model(srv):
     assert len(answers) == MAX_IN_FLIGHT + 4
     assert seen["max"] == MAX_IN_FLIGHT
     assert srv.max_active <= MAX_IN_FLIGHT
+
+
+@pytest.mark.parametrize("doc, path", [
+    ({"AiModel": [{"name": "m", "url": "ftp://x/", "model": "g", "httpAuth": {"@type": "Unauthenticated"}}]},
+     "$.AiModel[0].url"),
+    ({"AiModel": [{"name": "m", "url": "http://x/", "model": "g", "httpAuth": {"@type": "Unauthenticated"}},
+                  {"name": "m", "url": "http://y/", "model": "g", "httpAuth": {"@type": "Unauthenticated"}}]},
+     "$.AiModel[1].name"),
+    ({"SpamLlm": {"@type": "Enable", "modelId": "nope", "prompt": "p"}}, "$.SpamLlm.modelId"),
+    ({"AiModel": [{"name": "m", "url": "http://x/", "model": "g", "httpAuth": {"@type": "Unauthenticated"}}],
+      "SpamLlm": {"@type": "Enable", "modelId": "m", "prompt": "p", "categories": ["a", " A "]}},
+     "$.SpamLlm.categories"),
+])
+def test_cross_object_validation(doc, path):
+    from stalwart.services.ai.config import validate
+
+    cfg = parse_bytes(json.dumps(doc).encode())
+    with pytest.raises(ConfigError) as exc:
+        validate(cfg)
+    assert exc.value.path == path
+
+
+def test_pooled_connection_dropped_by_the_server_is_replaced_once():
+    """A server that drops a kept-alive connection when the next request arrives (its idle timer
+    fired just then): the request goes once more on a fresh connection."""
+    import socket
+    import threading
+
+    body = json.dumps({"choices": [{"message": {"content": "fresh"}}]}).encode()
+    reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    served = []
+
+    def read_request(conn) -> bool:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return False
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int([ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0])
+        while len(rest) < length:
+            rest += conn.recv(65536)
+        return True
+
+    def handle(conn):
+        with conn:
+            if read_request(conn):
+                served.append("answered")
+                conn.sendall(reply)
+            if read_request(conn):
+                served.append("dropped")  # closes without an answer
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def accept_loop():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept_loop, daemon=True).start()
+    try:
+        c = client_for(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=5000)
+
+        async def run():
+            return [await c.ask("a"), await c.ask("b")]
+
+        first, second = asyncio.run(run())
+        assert (first.text, second.text) == ("fresh", "fresh")
+        assert second.attempts == 1  # replaced inside the HTTP client, not by the model-level retry
+        assert served == ["answered", "dropped", "answered"]
+        assert c.http.connections_opened == 2
+    finally:
+        listener.close()

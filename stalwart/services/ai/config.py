@@ -97,3 +97,34 @@ class SpamLlmEnable(_Llm, tag="Enable"):
 
 
 SpamLlm = SpamLlmDisable | SpamLlmEnable
+
+
+def validate(cfg) -> None:
+    """Cross-object rules for ``AiModel`` and ``SpamLlm``; run after collection ids are assigned.
+
+    Raises :class:`~stalwart.errors.ConfigError` with the JSON path of the offending field.
+    """
+    import urllib.parse
+
+    from ...errors import ConfigError
+
+    names: dict[str, int] = {}
+    for i, model in enumerate(cfg.AiModel):
+        path = f"$.AiModel[{i}]"
+        if model.name in names:
+            raise ConfigError(f"{path}.name", f"duplicate AiModel name {model.name!r} (also AiModel[{names[model.name]}])")
+        names[model.name] = i
+        parts = urllib.parse.urlsplit(model.url)
+        try:
+            parts.port
+        except ValueError:
+            raise ConfigError(f"{path}.url", f"{model.url!r} has an invalid port") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{path}.url", f"{model.url!r} is not an http:// or https:// URL")
+    llm = cfg.SpamLlm
+    if isinstance(llm, SpamLlmEnable):
+        ids = {str(m.id) for m in cfg.AiModel}
+        if llm.model_id not in ids and llm.model_id not in names:
+            raise ConfigError("$.SpamLlm.modelId", f"no AiModel has id or name {llm.model_id!r}")
+        if len({c.strip().upper() for c in llm.categories if c.strip()}) < 2:
+            raise ConfigError("$.SpamLlm.categories", "at least two distinct categories are needed")
