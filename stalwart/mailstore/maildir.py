@@ -60,8 +60,17 @@ def _unique_name(size: int) -> str:
     """Maildir unique name: time, microseconds, pid, per-process counter and host, plus the size
     (``,S=``, as Dovecot and Courier write it) so listing needs no stat."""
     now = time.time()
-    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-    return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{host},S={size}"
+    return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{_host()},S={size}"
+
+
+def _host() -> str:
+    global _HOST
+    if _HOST is None:
+        _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+    return _HOST
+
+
+_HOST: str | None = None
 
 
 class Maildir:
@@ -69,6 +78,8 @@ class Maildir:
         self.path = path
 
     def ensure(self) -> None:
+        if os.path.isdir(os.path.join(self.path, "cur")):
+            return  # created last (below): the other two exist too
         for sub in ("tmp", "new", "cur"):
             os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
 
@@ -84,7 +95,7 @@ class Maildir:
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
-            os.fsync(fd)
+            os.fdatasync(fd)  # data and the size that makes it readable; the rename is fsynced below
         except BaseException:
             os.close(fd)
             os.unlink(tmp)

@@ -1,0 +1,224 @@
+"""SMTP sessions per second: connect, EHLO, MAIL, RCPT, DATA (1 KiB), QUIT — stalwartd vs aiosmtpd.
+
+Every server runs in this same invocation on loopback, one after the other, under the same client
+(one process, uvloop when installed, lock-step: each command waits for its reply, as smtplib does),
+so the ratios hold even though absolute figures on a shared 2-core machine drift. The peers:
+
+* ``aiosmtpd-maildir``: aiosmtpd (pip) with its ``Mailbox`` handler writing each message into a
+  Maildir (Python's ``mailbox.Maildir``: tmp/ then rename, **no fsync**);
+* ``aiosmtpd-sink``: aiosmtpd with a handler that accepts and discards (its protocol cost alone);
+* ``stalwartd xN``: the real server with N workers, every message fsynced into the recipient's
+  Maildir before the ``250`` (file and directory), plus its full connection pipeline;
+* ``postfix``: Postfix ``smtpd`` when ``--postfix HOST:PORT`` names one already running (this
+  script does not set Postfix up).
+
+Usage: ``python bench/smtp_sessions.py [--seconds 8] [--concurrency 32] [--workers 2]``
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_HEAD = b"From: bench@client.test\r\nTo: user@bench.test\r\nSubject: bench\r\n\r\n"
+BODY = _HEAD + b"x" * (1024 - len(_HEAD) - 2) + b"\r\n"  # a 1 KiB message
+assert len(BODY) == 1024
+
+AIOSMTPD = r'''
+import asyncio, sys, mailbox
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
+class Sink:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 OK"
+port, kind, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+handler = Mailbox(path) if kind == "maildir" else Sink()
+try:
+    import uvloop
+    loop = uvloop.new_event_loop()
+except ImportError:
+    loop = asyncio.new_event_loop()
+ctl = Controller(handler, hostname="127.0.0.1", port=port, loop=loop, ready_timeout=20)
+ctl.start()
+print("ready", flush=True)
+sys.stdin.read()
+ctl.stop()
+'''
+
+
+class SmtpClient(asyncio.Protocol):
+    """One lock-step session: a reply's last line (``ddd `` + CRLF) triggers the next command."""
+
+    STEPS = [b"EHLO client.test\r\n", b"MAIL FROM:<bench@client.test>\r\n", b"RCPT TO:<user@bench.test>\r\n",
+             b"DATA\r\n", BODY + b".\r\n", b"QUIT\r\n"]
+    EXPECT = [b"220", b"250", b"250", b"250", b"354", b"250", b"221"]
+
+    def __init__(self, done: asyncio.Future):
+        self.done = done
+        self.buf = b""
+        self.step = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.buf += data
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl < 0:
+                return
+            line, self.buf = self.buf[:nl + 1], self.buf[nl + 1:]
+            if len(line) >= 4 and line[3:4] == b"-":
+                continue  # a continuation line of a multi-line reply
+            if not line.startswith(self.EXPECT[self.step]):
+                self._finish(False)
+                return
+            if self.step == len(self.STEPS):
+                self._finish(True)
+                return
+            self.transport.write(self.STEPS[self.step])
+            self.step += 1
+
+    def _finish(self, ok: bool):
+        if not self.done.done():
+            self.done.set_result(ok)
+        self.transport.close()
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_result(False)
+
+
+async def load(port: int, seconds: float, concurrency: int) -> tuple[float, int, int]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    ok = failed = 0
+
+    async def one_client():
+        nonlocal ok, failed
+        while loop.time() < deadline:
+            done = loop.create_future()
+            try:
+                await loop.create_connection(lambda: SmtpClient(done), "127.0.0.1", port)
+                good = await asyncio.wait_for(done, 30)
+            except (OSError, asyncio.TimeoutError):
+                good = False
+            if good:
+                ok += 1
+            else:
+                failed += 1
+
+    start = loop.time()
+    await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    return ok / (loop.time() - start), ok, failed
+
+
+def measure(port: int, seconds: float, concurrency: int) -> tuple[float, int, int]:
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(load(port, 1.0, concurrency))  # warm-up
+    return runner(load(port, seconds, concurrency))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def run_aiosmtpd(kind: str, seconds: float, concurrency: int):
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen([sys.executable, "-c", AIOSMTPD, str(port), kind, os.path.join(tmp, "Maildir")],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            proc.stdout.readline()
+            wait_port(port)
+            return measure(port, seconds, concurrency)
+        finally:
+            proc.stdin.close()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run_stalwartd(workers: int, seconds: float, concurrency: int):
+    from stalwart.accounts import hash_password
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "config.json")
+        with open(cfg, "w") as fh:
+            json.dump({"SystemSettings": {"defaultHostname": "bench.test", "threadPoolSize": workers},
+                       "NetworkListener": [{"name": "smtp", "protocol": "smtp", "bind": [f"127.0.0.1:{port}"]}],
+                       "Domain": [{"name": "bench.test"}],
+                       "Account": [{"name": "user", "secret": hash_password("x", ln=4),
+                                    "emails": ["user@bench.test"]}]}, fh)
+        proc = subprocess.Popen([sys.executable, "-m", "stalwart.cli", "--config", cfg, "--data-dir",
+                                 os.path.join(tmp, "data"), "--log-level", "warn"])
+        try:
+            wait_port(port)
+            time.sleep(0.5)  # every worker ready
+            res = measure(port, seconds, concurrency)
+            stored = len(os.listdir(os.path.join(tmp, "data", "mail", "user", "new")))
+            return (*res, stored)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--postfix", metavar="HOST:PORT", help="also measure a running Postfix smtpd")
+    args = ap.parse_args()
+    results = {}
+    runs = [("aiosmtpd-maildir", lambda: run_aiosmtpd("maildir", args.seconds, args.concurrency)),
+            ("aiosmtpd-sink", lambda: run_aiosmtpd("sink", args.seconds, args.concurrency)),
+            ("stalwartd x1", lambda: run_stalwartd(1, args.seconds, args.concurrency)),
+            (f"stalwartd x{args.workers}", lambda: run_stalwartd(args.workers, args.seconds, args.concurrency))]
+    if args.postfix:
+        host, _, p = args.postfix.rpartition(":")
+        runs.append(("postfix", lambda: measure(int(p), args.seconds, args.concurrency)))
+    for name, fn in runs:
+        res = fn()
+        results[name] = res[0]
+        extra = f"   stored={res[3]}" if len(res) > 3 else ""
+        print(f"{name:18} {res[0]:8.0f} sessions/s   ok={res[1]} failed={res[2]}{extra}", flush=True)
+    for ours in (f"stalwartd x{args.workers}", "stalwartd x1"):
+        for peer in ("aiosmtpd-maildir", "aiosmtpd-sink", "postfix"):
+            if peer in results:
+                print(f"ratio {ours}/{peer} = {results[ours] / results[peer]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
