@@ -28,11 +28,13 @@ class MailStore:
 
         Returns, per account, ``None`` on success or the error it met, so LMTP can answer each
         recipient on its own (RFC 2033 §4.2) and SMTP can refuse the whole message."""
-        outcome: dict[str, BaseException | None] = {}
-        for account in dict.fromkeys(accounts):
-            try:
-                self.maildir(account).deliver(message)
-                outcome[account] = None
-            except OSError as exc:
-                outcome[account] = exc
-        return outcome
+        done: dict[str, BaseException | None] = {}  # one copy per mailbox, however it was named
+        for account in accounts:
+            key = account.lower()
+            if key not in done:
+                try:
+                    self.maildir(account).deliver(message)
+                    done[key] = None
+                except OSError as exc:
+                    done[key] = exc
+        return {account: done[account.lower()] for account in accounts}

@@ -1,0 +1,166 @@
+"""Maildir store: atomic delivery, UID list stability and locking, flags, Sieve storage, crash safety."""
+import multiprocessing
+import os
+import signal
+import smtplib
+import threading
+import time
+
+import pytest
+
+from harness import Server, free_port, listener
+from stalwart.accounts import hash_password
+from stalwart.mailstore import Maildir, MailStore, SieveError, SieveStore
+
+
+def test_deliver_is_atomic_and_named_with_size(tmp_path):
+    md = Maildir(str(tmp_path / "m"))
+    name = md.deliver(b"Subject: a\r\n\r\nbody\r\n")
+    assert name.endswith(",S=20") and os.listdir(tmp_path / "m" / "tmp") == []
+    assert (tmp_path / "m" / "new" / name).read_bytes() == b"Subject: a\r\n\r\nbody\r\n"
+
+
+def test_uids_ascend_survive_and_are_never_reused(tmp_path):
+    md = Maildir(str(tmp_path / "m"))
+    for i in range(3):
+        md.deliver(b"m%d\r\n" % i)
+    validity, nxt, msgs = md.snapshot()
+    assert [m.uid for m in msgs] == [1, 2, 3] and nxt == 4
+    md.remove([msgs[2]])
+    md.deliver(b"m3\r\n")
+    v2, nxt2, msgs2 = Maildir(str(tmp_path / "m")).snapshot()  # a new session
+    assert v2 == validity and [m.uid for m in msgs2] == [1, 2, 4] and nxt2 == 5
+    assert [md.read(m) for m in msgs2] == [b"m0\r\n", b"m1\r\n", b"m3\r\n"]
+
+
+def test_leftover_tmp_file_is_never_listed(tmp_path):
+    md = Maildir(str(tmp_path / "m"))
+    md.ensure()
+    (tmp_path / "m" / "tmp" / "123.crashed").write_bytes(b"partial")
+    assert md.snapshot()[2] == []
+
+
+def test_corrupt_uid_list_starts_a_new_epoch(tmp_path):
+    md = Maildir(str(tmp_path / "m"))
+    md.deliver(b"x\r\n")
+    validity = md.snapshot()[0]
+    (tmp_path / "m" / "uidlist").write_text("garbage\n")
+    time.sleep(1.1)
+    v2, _, msgs = md.snapshot()
+    assert v2 != validity and [m.uid for m in msgs] == [1]
+
+
+def test_flags_move_to_cur_and_follow_renames(tmp_path):
+    md = Maildir(str(tmp_path / "m"))
+    md.deliver(b"x\r\n")
+    _, _, [msg] = md.snapshot()
+    seen = md.set_flags(msg, frozenset({"\\Seen", "\\Flagged"}))
+    assert seen.subdir == "cur" and seen.filename.endswith(":2,FS") and seen.flags == {"\\Seen", "\\Flagged"}
+    # a stale view (another session renamed it) still finds the message
+    assert md.read(msg) == b"x\r\n"
+    again = md.set_flags(msg, frozenset())
+    assert again.filename.endswith(":2,") and md.snapshot()[2][0].flags == frozenset()
+    assert md.remove([msg]) == 1 and md.snapshot()[2] == []
+
+
+def _snapshot_many(path, n, out):
+    md = Maildir(path)
+    seen = []
+    for _ in range(n):
+        md.deliver(b"from %d\r\n" % os.getpid())
+        seen.append(tuple((m.uid, m.basename) for m in md.snapshot()[2]))
+    out.put(seen)
+
+
+def test_concurrent_processes_never_share_a_uid(tmp_path):
+    path = str(tmp_path / "m")
+    Maildir(path).ensure()
+    q = multiprocessing.get_context("fork").Queue()
+    procs = [multiprocessing.get_context("fork").Process(target=_snapshot_many, args=(path, 15, q)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    views = [q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    mapping = {}
+    for view in views:
+        for snap in view:
+            for uid, base in snap:
+                assert mapping.setdefault(uid, base) == base  # one UID, one message, everywhere
+    _, _, final = Maildir(path).snapshot()
+    assert [m.uid for m in final] == list(range(1, 61))
+
+
+def test_store_delivers_per_account_and_reports_errors(tmp_path):
+    store = MailStore(str(tmp_path))
+    (tmp_path / "mail").mkdir()
+    (tmp_path / "mail" / "broken").write_text("not a directory")
+    out = store.deliver(b"x\r\n", ["Jane", "broken", "jane"])
+    assert out["Jane"] is None and isinstance(out["broken"], OSError)
+    assert len(os.listdir(tmp_path / "mail" / "jane" / "new")) == 1
+
+
+def test_sieve_store(tmp_path):
+    s = SieveStore(str(tmp_path / "sieve"))
+    assert s.list() == [] and s.active() is None
+    s.put("vacation ☀", b"keep;")
+    s.put("b", b"discard;")
+    s.set_active("b")
+    assert s.list() == [("b", True), ("vacation ☀", False)]
+    with pytest.raises(SieveError) as info:
+        s.delete("b")
+    assert info.value.code == "ACTIVE"
+    s.rename("b", "c")
+    assert s.active() == "c" and s.get("c") == b"discard;"
+    s.set_active("")
+    s.delete("c")
+    for bad in ("", "../x", ".hidden", "a/b", "x\n"):
+        with pytest.raises(SieveError):
+            s.put(bad, b"keep;")
+    with pytest.raises(SieveError) as info:
+        s.have_space("x", 10 << 20)
+    assert info.value.code == "QUOTA/MAXSIZE"
+
+
+@pytest.mark.slow
+def test_kill_9_during_deliveries_leaves_only_whole_messages(tmp_path):
+    """The server is SIGKILLed (master and workers) while clients are in DATA and deliveries are
+    being written: every file in new/ is a complete message; partial ones can only be in tmp/."""
+    port = free_port()
+    cfg = {"SystemSettings": {"defaultHostname": "mx.example.test", "threadPoolSize": 2},
+           "NetworkListener": [listener("smtp", "smtp", port)],
+           "Domain": [{"name": "example.org"}],
+           "Account": [{"name": "jane", "secret": hash_password("x", ln=4), "emails": ["jane@example.org"]}]}
+    srv = Server(tmp_path, cfg).start()
+    body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 300 + b"THE END\r\n"
+    stop = threading.Event()
+    accepted = []
+
+    def client():
+        while not stop.is_set():
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=5) as s:
+                    s.sendmail("a@b.test", ["jane@example.org"], body)
+                    accepted.append(1)
+            except (OSError, smtplib.SMTPException):
+                return
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    pids = srv.workers()
+    for pid in pids + [srv.pid]:
+        os.kill(pid, signal.SIGKILL)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    srv.proc.wait(10)
+    srv.proc.stdout.close()
+    srv.proc.stderr.close()
+    new = tmp_path / "data" / "mail" / "jane" / "new"
+    files = os.listdir(new)
+    assert len(files) >= len(accepted) > 0  # every 250 is on disk (and maybe a few not yet answered)
+    for name in files:
+        data = (new / name).read_bytes()
+        assert data.endswith(b"THE END\r\n") and int(name.rsplit(",S=", 1)[1]) == len(data)
