@@ -7,6 +7,7 @@ creates for itself (no traffic ever leaves the namespace).
 """
 import ctypes
 import http.client
+import imaplib
 import os
 import poplib
 import shutil
@@ -30,7 +31,7 @@ NETNS_ADDRESSES = ("192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.
                    "2001:db8:1:3::5")
 
 
-def run_in_netns(fn, *args, timeout=90.0):
+def run_in_netns(fn, *args, timeout=180.0):
     """Run ``fn(*args)`` in a forked child inside a new network namespace with the documentation
     addresses on ``lo``; its assertion errors are re-raised here."""
     r, w = os.pipe()
@@ -73,7 +74,7 @@ def run_in_netns(fn, *args, timeout=90.0):
     assert os.waitstatus_to_exitcode(status) == 0, report
 
 
-def connect(port, src=None, host="127.0.0.1", timeout=5.0):
+def connect(port, src=None, host="127.0.0.1", timeout=15.0):
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(fam)
     s.settimeout(timeout)
@@ -89,7 +90,7 @@ def greeted(port, src=None, header=b"", host="127.0.0.1") -> bool:
         with connect(port, src, host) as s:
             if header:
                 s.sendall(header)
-            return recv_line(s, 3.0).startswith(b"220 ")
+            return recv_line(s, 10.0).startswith(b"220 ")
     except (ConnectionResetError, ConnectionRefusedError, BrokenPipeError, socket.timeout):
         return False
 
@@ -97,7 +98,7 @@ def greeted(port, src=None, header=b"", host="127.0.0.1") -> bool:
 class Pop3From(poplib.POP3):
     """poplib.POP3 connecting from a chosen source address."""
 
-    def __init__(self, host, port, source, timeout=10):
+    def __init__(self, host, port, source, timeout=20):
         self._source = source
         super().__init__(host, port, timeout=timeout)
 
@@ -105,7 +106,18 @@ class Pop3From(poplib.POP3):
         return socket.create_connection((self.host, self.port), timeout, source_address=(self._source, 0))
 
 
-def wait_until(pred, timeout=5.0):
+class ImapFrom(imaplib.IMAP4):
+    """imaplib.IMAP4 connecting from a chosen source address."""
+
+    def __init__(self, host, port, source, timeout=20):
+        self._source = source
+        super().__init__(host, port, timeout=timeout)
+
+    def _create_socket(self, timeout):
+        return socket.create_connection((self.host, self.port), timeout, source_address=(self._source, 0))
+
+
+def wait_until(pred, timeout=15.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
@@ -162,7 +174,7 @@ def scenario_untrusted_proxy_scan(tmp):
                     got += chunk
             assert got in (b"", b"220 mx.example.test ESMTP\r\n") or got.startswith(b"220 "), got
             assert got.count(b"\r\n") <= 1, got  # nothing answers the PROXY bytes
-        srv.wait_log("security.scan-ban", timeout=5)
+        srv.wait_log("security.scan-ban", timeout=15)
         # the scanner's next connections are dropped without a greeting, on every worker
         assert not any(greeted(ports["smtp"], "192.0.2.1") for _ in range(6))
         assert greeted(ports["smtp"], "192.0.2.2")  # another address is served
@@ -188,7 +200,7 @@ def scenario_auth_and_invalid_commands(tmp):
                                           "scanBanRate": {"count": 4, "period": 60000}})).start()
     try:
         # smtplib AUTH failures with different wrong passwords: the 3rd bans and closes, no reply
-        client = smtplib.SMTP("127.0.0.1", ports["smtp"], source_address=("192.0.2.1", 0), timeout=10)
+        client = smtplib.SMTP("127.0.0.1", ports["smtp"], source_address=("192.0.2.1", 0), timeout=20)
         client.ehlo("scanner.example")
         outcomes = []
         for i in range(3):
@@ -201,20 +213,20 @@ def scenario_auth_and_invalid_commands(tmp):
                 outcomes.append("closed")
                 break
         assert outcomes == ["refused"] * 2 + ["closed"], outcomes
-        srv.wait_log("security.authentication-ban", timeout=5)
+        srv.wait_log("security.authentication-ban", timeout=15)
         with pytest.raises((smtplib.SMTPServerDisconnected, ConnectionError)):
-            smtplib.SMTP("127.0.0.1", ports["smtp"], source_address=("192.0.2.1", 0), timeout=5)
+            smtplib.SMTP("127.0.0.1", ports["smtp"], source_address=("192.0.2.1", 0), timeout=15)
         # IPv6 garbage commands before authentication: counted per /64 (2001:db8:1:2::5)
         with connect(ports["smtp6"], "2001:db8:1:2::5", host="::1") as s:
             assert recv_line(s).startswith(b"220 ")
             replies = []
             for _ in range(5):
                 s.sendall(b"XYZZY plugh\r\n")
-                replies.append(recv_line(s, 3.0))
+                replies.append(recv_line(s, 10.0))
         assert replies[:4] == [b"500 5.5.1 Invalid command.\r\n"] * 4 or all(
             r.startswith((b"500", b"501", b"502")) for r in replies[:4]), replies
         assert replies[4] == b"", replies  # banned: closed without a reply
-        srv.wait_log("security.scan-ban", timeout=5)
+        srv.wait_log("security.scan-ban", timeout=15)
         assert not greeted(ports["smtp6"], "2001:db8:1:2::5", host="::1")
         assert greeted(ports["smtp6"], "2001:db8:1:3::5", host="::1")  # another /64
         assert greeted(ports["smtp"], "192.0.2.2")
@@ -229,9 +241,9 @@ def scenario_loiter(tmp):
         for _ in range(2):
             with connect(ports["smtp"], "192.0.2.1") as s:
                 assert recv_line(s).startswith(b"220 ")
-                line = recv_line(s, 5.0)  # idle past MtaInboundSession.timeout without a command
+                line = recv_line(s, 15.0)  # idle past MtaInboundSession.timeout without a command
                 assert line.startswith(b"421 "), line
-        srv.wait_log("security.loiter-ban", timeout=5)
+        srv.wait_log("security.loiter-ban", timeout=15)
         assert not greeted(ports["smtp"], "192.0.2.1")
         assert greeted(ports["smtp"], "192.0.2.2")
     finally:
@@ -249,7 +261,7 @@ def scenario_rcpt_pop3_http_and_max_duration(tmp):
     srv = Server(tmp, cfg).start()
     try:
         # smtplib RCPT TO unknown users: the 3rd earns the ban, its 550 is written, then the close
-        client = smtplib.SMTP("127.0.0.1", ports["smtp"], source_address=("192.0.2.1", 0), timeout=10)
+        client = smtplib.SMTP("127.0.0.1", ports["smtp"], source_address=("192.0.2.1", 0), timeout=20)
         client.ehlo("relay.example")
         assert client.mail("someone@example.net")[0] == 250
         codes = []
@@ -258,7 +270,7 @@ def scenario_rcpt_pop3_http_and_max_duration(tmp):
         assert codes == [550, 550, 550], codes
         with pytest.raises((smtplib.SMTPServerDisconnected, ConnectionError)):
             client.noop()
-        srv.wait_log("security.abuse-ban", timeout=5)
+        srv.wait_log("security.abuse-ban", timeout=15)
         assert not greeted(ports["smtp"], "192.0.2.1")
 
         # poplib USER/PASS failures
@@ -273,18 +285,18 @@ def scenario_rcpt_pop3_http_and_max_duration(tmp):
             except (ConnectionError, EOFError, OSError):
                 outcomes.append("closed")
                 break
-        srv.wait_log("security.authentication-ban", timeout=5)
+        srv.wait_log("security.authentication-ban", timeout=15)
         assert outcomes[:2] == ["refused", "refused"], outcomes
         with pytest.raises((poplib.error_proto, ConnectionError, OSError, EOFError)):
-            Pop3From("127.0.0.1", ports["pop3"], "192.0.2.2", timeout=5)
+            Pop3From("127.0.0.1", ports["pop3"], "192.0.2.2", timeout=15)
 
         # an HTTP GET of a scanBanPaths match bans at once
-        conn = http.client.HTTPConnection("127.0.0.1", ports["http"], timeout=5, source_address=("192.0.2.3", 0))
+        conn = http.client.HTTPConnection("127.0.0.1", ports["http"], timeout=15, source_address=("192.0.2.3", 0))
         conn.request("GET", "/wp-login.php")
         assert conn.getresponse().status in (403, 404)
         conn.close()
         assert wait_until(lambda: "security.scan-ban" in srv.log())
-        conn = http.client.HTTPConnection("127.0.0.1", ports["http"], timeout=5, source_address=("192.0.2.3", 0))
+        conn = http.client.HTTPConnection("127.0.0.1", ports["http"], timeout=15, source_address=("192.0.2.3", 0))
         with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
             conn.request("GET", "/.well-known/autoconfig/mail/config-v1.1.xml")
             conn.getresponse()
@@ -294,18 +306,69 @@ def scenario_rcpt_pop3_http_and_max_duration(tmp):
         for _ in range(2):
             with connect(ports["smtp"], "192.0.2.4") as s:
                 assert recv_line(s).startswith(b"220 ")
-                deadline = time.monotonic() + 5
+                deadline = time.monotonic() + 15
                 line = b""
                 while time.monotonic() < deadline:
                     s.sendall(b"NOOP\r\n")
-                    line = recv_line(s, 3.0)
+                    line = recv_line(s, 10.0)
                     if not line.startswith(b"250"):
                         break
                     time.sleep(0.3)
                 assert line.startswith(b"421 4.3.2 "), line
-        srv.wait_log("security.loiter-ban", timeout=5)
+        srv.wait_log("security.loiter-ban", timeout=15)
         assert not greeted(ports["smtp"], "192.0.2.4")
         assert greeted(ports["smtp"], "192.0.2.5")
+    finally:
+        srv.stop()
+
+
+def scenario_imap_and_managesieve(tmp):
+    ports = dict(ports_(), imap=free_port(), sieve=free_port())
+    cfg = base_config(ports, {"authBanRate": {"count": 2, "period": 60000},
+                              "scanBanRate": {"count": 2, "period": 60000}})
+    cfg["NetworkListener"] += [listener("imap", "imap", ports["imap"], useTls=False, allowPlainTextAuth=True),
+                               listener("sieve", "manageSieve", ports["sieve"], useTls=False, allowPlainTextAuth=True)]
+    srv = Server(tmp, cfg).start()
+    try:
+        # imaplib LOGIN failures: the 3rd bans (close, no reply)
+        outcomes = []
+        imap = ImapFrom("127.0.0.1", ports["imap"], "192.0.2.1")
+        for i in range(3):
+            try:
+                imap.login("jane", f"wrong-{i}")
+            except imaplib.IMAP4.error as exc:
+                outcomes.append("closed" if isinstance(exc, imaplib.IMAP4.abort) else "refused")
+            except (ConnectionError, OSError):
+                outcomes.append("closed")
+            if outcomes[-1] == "closed":
+                break
+        srv.wait_log("security.authentication-ban", timeout=15)
+        assert outcomes[:2] == ["refused", "refused"], outcomes
+        with pytest.raises((imaplib.IMAP4.abort, imaplib.IMAP4.error, ConnectionError, OSError)):
+            ImapFrom("127.0.0.1", ports["imap"], "192.0.2.1", timeout=15)
+
+        # garbage IMAP commands before authentication
+        with connect(ports["imap"], "192.0.2.2") as s:
+            assert recv_line(s).startswith(b"* OK")
+            replies = []
+            for i in range(3):
+                s.sendall(b"a%d FROBNICATE\r\n" % i)
+                replies.append(recv_line(s, 10.0))
+        assert all(b"BAD" in r for r in replies[:2]), replies
+        assert replies[2] == b"", replies
+        n = srv.log().count("security.scan-ban")
+        assert n >= 1
+        # ManageSieve garbage from another address
+        with connect(ports["sieve"], "192.0.2.3") as s:
+            s.settimeout(3)
+            time.sleep(0.2)
+            s.recv(65536)  # the capability greeting
+            for _ in range(3):
+                s.sendall(b"FROBNICATE\r\n")
+                time.sleep(0.1)
+        srv.wait_log("security.scan-ban", timeout=15, count=n + 1)
+        assert not greeted(ports["smtp"], "192.0.2.3")
+        assert greeted(ports["smtp"], "192.0.2.4")
     finally:
         srv.stop()
 
@@ -339,9 +402,9 @@ def scenario_haproxy(tmp):
             assert recv_line(s).startswith(b"220 ")
             for _ in range(3):
                 s.sendall(b"NONSENSE\r\n")
-                if not recv_line(s, 3.0):
+                if not recv_line(s, 10.0):
                     break
-        srv.wait_log("security.scan-ban", timeout=5)
+        srv.wait_log("security.scan-ban", timeout=15)
         assert "RemoteIp=192.0.2.1" in srv.log()
         # the client is dropped on every worker; the proxy and its other clients are not
         assert not any(greeted(ports["front"], "192.0.2.1") for _ in range(4))
@@ -376,6 +439,11 @@ def test_rcpt_pop3_http_path_and_max_duration_ban(tmp_path):
 
 
 @pytest.mark.slow
+def test_imap_and_managesieve_ban(tmp_path):
+    run_in_netns(scenario_imap_and_managesieve, tmp_path)
+
+
+@pytest.mark.slow
 def test_through_haproxy_the_client_is_banned_not_the_proxy(tmp_path):
     if shutil.which("haproxy") is None:
         pytest.skip("haproxy is not installed (scripts/test-deps installs it)")
@@ -397,13 +465,13 @@ def test_ipv6_rotation_inside_a_64_through_a_trusted_proxy(tmp_path):
             with via_proxy(f"2001:db8:aa:bb::{i + 1}") as s:
                 assert recv_line(s).startswith(b"220 ")
                 s.sendall(b"GARBAGE\r\n")
-                recv_line(s, 3.0)
-        srv.wait_log("security.scan-ban", timeout=5)
+                recv_line(s, 10.0)
+        srv.wait_log("security.scan-ban", timeout=15)
 
         def served(client):
             try:
                 with via_proxy(client) as s:
-                    return recv_line(s, 3.0).startswith(b"220 ")
+                    return recv_line(s, 10.0).startswith(b"220 ")
             except (ConnectionResetError, socket.timeout):
                 return False
 
