@@ -12,10 +12,13 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Annotated, ClassVar
 
+import msgspec
 from msgspec import Meta
 
 from ..config.model import _Member
 from ..config.types import HostName
+from ..services.acme.config import CertificateManagement, CertificateManual
+from ..services.dnsproviders.config import DnsManagement, DnsManagementManual
 from ..errors import ConfigError
 from .passwords import PasswordHashError, parse_hash
 
@@ -32,6 +35,9 @@ ADDRESS_RE = re.compile(rf"^{_ATEXT}+(\.{_ATEXT}+)*@[A-Za-z0-9](?:[A-Za-z0-9-]{{
 
 class Domain(_Member, kw_only=True):
     name: HostName
+    # tls.md §7.1 and services.md §2.4 (issue 11: ACME and DNS providers)
+    certificate_management: CertificateManagement = msgspec.field(default_factory=CertificateManual)
+    dns_management: DnsManagement = msgspec.field(default_factory=DnsManagementManual)
 
 
 class Account(_Member, kw_only=True):

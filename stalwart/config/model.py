@@ -14,6 +14,8 @@ from msgspec import Meta
 from ..services.ai.config import AiModel, SpamLlm, SpamLlmDisable, SpamLlmEnable
 from ..services.license.config import Enterprise
 from ..services.geo.config import Asn, AsnBase, AsnDisabled
+from ..services.acme.config import AcmeProvider
+from ..services.dnsproviders.config import DnsServer, DnsServerBase
 from .secrets import PublicText, SecretText
 from .types import Duration, HostName, IpMask, Rate, Size, SocketAddr, UtcDateTime
 
@@ -195,6 +197,8 @@ OBJECTS: dict[str, tuple[type[_Object], bool]] = {
     "SpamLlm": (SpamLlmEnable, False),  # a tagged union; the Enable variant names its set fields
     "Enterprise": (Enterprise, False),
     "Asn": (AsnBase, False),  # a tagged union; the map form of its URL sets is handled by the variant
+    "AcmeProvider": (AcmeProvider, True),
+    "DnsServer": (DnsServerBase, True),  # a tagged union
 }
 
 
@@ -216,3 +220,5 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     SpamLlm: SpamLlm = msgspec.field(default_factory=SpamLlmDisable)
     Enterprise: Enterprise = msgspec.field(default_factory=lambda: Enterprise())
     Asn: Asn = msgspec.field(default_factory=AsnDisabled)
+    AcmeProvider: list[AcmeProvider] = []
+    DnsServer: list[DnsServer] = []
