@@ -12,6 +12,7 @@ import msgspec
 from msgspec import Meta
 
 from ..services.ai.config import AiModel, SpamLlm, SpamLlmDisable, SpamLlmEnable
+from ..services.cache.config import CacheSettings
 from ..services.license.config import Enterprise
 from ..services.geo.config import Asn, AsnBase, AsnDisabled
 from ..services.acme.config import AcmeProvider
@@ -197,6 +198,7 @@ OBJECTS: dict[str, tuple[type[_Object], bool]] = {
     "SpamLlm": (SpamLlmEnable, False),  # a tagged union; the Enable variant names its set fields
     "Enterprise": (Enterprise, False),
     "Asn": (AsnBase, False),  # a tagged union; the map form of its URL sets is handled by the variant
+    "Cache": (CacheSettings, False),
     "AcmeProvider": (AcmeProvider, True),
     "DnsServer": (DnsServerBase, True),  # a tagged union
 }
@@ -220,5 +222,6 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     SpamLlm: SpamLlm = msgspec.field(default_factory=SpamLlmDisable)
     Enterprise: Enterprise = msgspec.field(default_factory=lambda: Enterprise())
     Asn: Asn = msgspec.field(default_factory=AsnDisabled)
+    Cache: CacheSettings = msgspec.field(default_factory=lambda: CacheSettings())
     AcmeProvider: list[AcmeProvider] = []
     DnsServer: list[DnsServer] = []
