@@ -482,3 +482,35 @@ def test_ipv6_rotation_inside_a_64_through_a_trusted_proxy(tmp_path):
         assert "2001:db8:aa:bb::/64" in srv.log()
     finally:
         srv.stop()
+
+
+def test_a_ban_expires_and_the_address_can_be_banned_again(tmp_path):
+    """security.md §5: with a ban period the address is served again after it, and a new offence
+    bans it again at once (the reference cannot re-ban until a restart)."""
+    ports = ports_()
+    srv = Server(tmp_path, base_config(ports, {"scanBanRate": {"count": 1, "period": 60000},
+                                               "scanBanPeriod": 2000})).start()
+    try:
+        def offend():
+            s = connect(ports["smtp"], PROXY_SRC)
+            s.sendall(proxy_py.build_v2(proxy_py.PROXY, "198.51.100.61", "127.0.0.1", 40000, 25))
+            if recv_line(s, 10.0).startswith(b"220 "):
+                for _ in range(2):
+                    s.sendall(b"GARBAGE\r\n")
+                    if not recv_line(s, 10.0):
+                        break
+            s.close()
+
+        def served():
+            header = proxy_py.build_v2(proxy_py.PROXY, "198.51.100.61", "127.0.0.1", 40000, 25)
+            return greeted(ports["smtp"], PROXY_SRC, header)
+
+        offend()
+        srv.wait_log("security.scan-ban", timeout=15)
+        assert not served()
+        assert wait_until(served, 10.0)  # expired after scanBanPeriod
+        offend()
+        srv.wait_log("security.scan-ban", timeout=15, count=2)
+        assert not served()
+    finally:
+        srv.stop()
