@@ -151,3 +151,19 @@ def test_anonymous_rate_limit_is_429_with_ratelimit_headers():
     allowed = lists(allowed=["198.51.100.4"])
     assert request(svc, "GET", "/mail/config-v1.1.xml", remote_ip="198.51.100.4", counters=counters,
                    **allowed).status == 200
+
+
+def test_allowed_endpoints_constant_and_loopback_exemption():
+    import pytest
+
+    from stalwart.errors import ConfigError
+
+    svc = HttpService(config({"Http": {"allowedEndpoints": {"else": "403"}}}))
+    reply = request(svc, "GET", "/healthz/live")
+    assert reply.status == 403 and reply.json()["detail"] == "Access to this endpoint is not allowed."
+    assert request(svc, "GET", "/healthz/live", remote_ip="127.0.0.1").status == 200
+    assert request(svc, "GET", "/healthz/live", remote_ip="::1").status == 200
+    with pytest.raises(ConfigError, match="allowedEndpoints.match"):
+        config({"Http": {"allowedEndpoints": {"match": [{"if": "x", "then": "403"}], "else": "200"}}})
+    with pytest.raises(ConfigError, match="allowedEndpoints.else"):
+        config({"Http": {"allowedEndpoints": {"else": "ok"}}})

@@ -111,6 +111,21 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HEADER_VALUE = re.compile(r"^(?:[\x21-\x7e\x80-\xff](?:[ \t\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?$")
 
 
+def _allowed_endpoints(expr: dict) -> None:
+    """Only the constant form ``{"else": "<status>"}`` is evaluated (http.md §1). A conditional
+    expression is refused instead of ignored: it exists to restrict access, and silently serving
+    everything would be the opposite of what the operator wrote."""
+    path = "$.Http.allowedEndpoints"
+    extra = [k for k in expr if k != "else" and not (k == "match" and not expr[k])]
+    if extra:
+        raise ConfigError(f"{path}.{extra[0]}", "conditional expressions are not supported; "
+                          'use a constant {"else": "<HTTP status>"}')
+    status = str(expr.get("else", "200")).strip()
+    if not (status.isdigit() and 100 <= int(status) <= 599):
+        raise ConfigError(f"{path}.else", f"{expr.get('else')!r} is not an HTTP status")
+    expr["else"] = status
+
+
 def validate(cfg: Config) -> None:
     """Cross-field rules that a schema cannot express. Mutates ``cfg`` to its normal form."""
     for name, (_cls, is_collection) in OBJECTS.items():
@@ -158,6 +173,7 @@ def validate(cfg: Config) -> None:
     for i, name in enumerate(cfg.Http.administrators):
         if name.lower() not in account_names:
             raise ConfigError(f"$.Http.administrators[{i}]", f"no Account is named {name!r}")
+    _allowed_endpoints(cfg.Http.allowed_endpoints)
     for name, value in cfg.Http.response_headers.items():
         # Checked here with the grammar h11 enforces when sending (RFC 9110 §5.1, §5.5), so a bad
         # header is a configuration error instead of every response on the listener failing.

@@ -66,6 +66,10 @@ def _ip_set(networks) -> object | None:
     return out
 
 
+def _is_loopback(packed: bytes) -> bool:
+    return packed[0] == 127 if len(packed) == 4 else packed == b"\0" * 15 + b"\1"
+
+
 def _allow(methods: str) -> Response:
     resp = problem(405)
     resp.headers = [*resp.headers, ("Allow", methods)]
@@ -87,6 +91,7 @@ class HttpService:
         self.pacc = Response(resp.status, resp.body, resp.content_type, [*resp.headers, *CORS])
         self.banned = BannedPaths(cfg.Security.scan_ban_paths)
         self.use_x_forwarded = cfg.Http.use_x_forwarded
+        self.endpoint_status = int(cfg.Http.allowed_endpoints.get("else", 200))
         # The effective trust list of each listener: its override replaces the system list.
         self.trust = _ip_set(cfg.SystemSettings.proxy_trusted_networks)
         self.trust_by_listener = {lst.name: _ip_set(lst.override_proxy_trusted_networks)
@@ -168,6 +173,9 @@ class HttpService:
                 resp = problem(403)
                 resp.close = True
                 return resp
+        if self.endpoint_status != 200 and not _is_loopback(client.packed):
+            # http.md §1 step 4: Http.allowedEndpoints, loopback judged on the attributed address.
+            return problem(self.endpoint_status, "Access to this endpoint is not allowed.")
         req = Request(method, target, headers, body, path, dict(parse_qsl(query.split("#", 1)[0])) if query else {},
                       client.ip, client.exempt, client.packed, now)
         return self.route(req, ctx)
