@@ -49,14 +49,14 @@ def parse(data: bytes, methods: list[str]) -> list[Reply]:
         resp, body = None, b""
         while True:
             ev = client.next_event()
-            if isinstance(ev, h11.Response) or isinstance(ev, h11.InformationalResponse):
+            if isinstance(ev, (h11.Response, h11.InformationalResponse)):
                 resp = ev
             elif isinstance(ev, h11.Data):
                 body += ev.data
             elif isinstance(ev, h11.EndOfMessage):
                 break
             else:
-                raise AssertionError(f"incomplete response: {ev!r}")
+                raise AssertionError(f"incomplete response: {ev!r}")  # noqa: TRY004 - a test failure
         out.append(Reply(resp.status_code, {k.decode().lower(): v.decode() for k, v in resp.headers}, body))
         if client.our_state is h11.MUST_CLOSE:
             break

@@ -24,7 +24,7 @@ OUTLOOK_SCHEMA = "http://schemas.microsoft.com/exchange/autodiscover/outlook/res
 MOBILESYNC = "http://schemas.microsoft.com/exchange/autodiscover/mobilesync/responseschema/2006"
 
 
-def L(name, proto, port, **kw):  # noqa: N802 - a listener on a public test address, never bound here
+def L(name, proto, port, **kw):
     return {"name": name, "protocol": proto, "bind": [f"192.0.2.1:{port}"], **kw}
 
 
@@ -168,8 +168,8 @@ def error_code(reply, ns=NS_MS):
 
 @pytest.mark.parametrize("body", [
     b"", b"<Autodiscover><Request>", b"not xml at all",
-    b'<!DOCTYPE a [<!ENTITY x "jane@example.org">]><Autodiscover><Request><EMailAddress>&x;</EMailAddress>'
-    b"</Request></Autodiscover>",
+    (b'<!DOCTYPE a [<!ENTITY x "jane@example.org">]><Autodiscover><Request><EMailAddress>&x;</EMailAddress>'
+     b"</Request></Autodiscover>"),
     b"<Autodiscover><Request><LegacyDN>/o=x</LegacyDN></Request></Autodiscover>",
     b"<Autodiscover><Request><EMailAddress>no-at-sign</EMailAddress></Request></Autodiscover>",
     b"<Other><Request><EMailAddress>a@b</EMailAddress></Request></Other>",

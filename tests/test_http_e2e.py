@@ -7,9 +7,9 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
+from harness import Server, free_port, listener
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import Server, free_port, listener
 from stalwart.accounts import hash_password
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed (scripts/test-deps)")
@@ -39,7 +39,7 @@ def http(tmp_path_factory):
 
 def curl(url, *args, source="127.0.0.1"):
     out = subprocess.run(["curl", "-sS", "--interface", source, "-o", "-", "-w", "\n%{http_code}", *args, url],
-                         capture_output=True, timeout=20)
+                         capture_output=True, timeout=20, check=False)
     assert out.returncode == 0, out.stderr
     body, _, code = out.stdout.rpartition(b"\n")
     return int(code), body

@@ -7,8 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stalwart.accounts import hash_password
 from stalwart.protocols import NEED_DATA
 from stalwart.protocols.base import Blocking
-from stalwart.protocols.http import HttpService
-from stalwart.protocols.http import management
+from stalwart.protocols.http import HttpService, management
 from tests.http_util import config, parse, session
 
 HASH = hash_password("s3cret", ln=4)

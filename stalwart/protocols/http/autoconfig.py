@@ -16,7 +16,14 @@ from xml.parsers import expat
 import msgspec
 
 from ...config import Config
-from .advertise import DAV_SERVICES, HTTP_PATHS, MAIL_SERVICES, Endpoint, endpoints, https_endpoint
+from .advertise import (
+    DAV_SERVICES,
+    HTTP_PATHS,
+    MAIL_SERVICES,
+    Endpoint,
+    endpoints,
+    https_endpoint,
+)
 from .messages import JSON, JSON_UTF8, XML_UTF8, Response, problem
 
 PUBLIC = ("Cache-Control", "public, max-age=3600")
@@ -95,8 +102,7 @@ def host_domain(host: bytes | None, label: str) -> str | None:
         return None  # an IP literal is no mail domain
     text = text.rsplit(":", 1)[0] if ":" in text else text
     text = text.rstrip(".")
-    if text.startswith(label):
-        text = text[len(label):]
+    text = text.removeprefix(label)
     return text or None
 
 

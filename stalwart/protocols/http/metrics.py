@@ -49,7 +49,7 @@ class MetricsTable:
         if self.words[0] != MAGIC:
             self.words[0] = MAGIC
 
-    def recorder(self, slot: int, listeners: dict[str, int]) -> "MetricsRecorder":
+    def recorder(self, slot: int, listeners: dict[str, int]) -> MetricsRecorder:
         if not 0 <= slot < self.max_workers:
             raise ValueError(f"worker slot {slot} outside the table")
         for name, index in listeners.items():
@@ -94,7 +94,7 @@ class MetricsRecorder:
     """One worker's writer: its own row only. The driver calls :meth:`accepted` and :meth:`session`;
     everything else arrives as events through :meth:`subscribe`."""
 
-    __slots__ = ("table", "words", "row", "per", "listeners", "_handlers")
+    __slots__ = ("_handlers", "listeners", "per", "row", "table", "words")
 
     def __init__(self, table: MetricsTable, slot: int, listeners: dict[str, int]):
         self.table = table

@@ -129,7 +129,7 @@ class BannedPaths:
     literals searched in a single C call, and only the other shapes run the piecewise matcher.
     """
 
-    __slots__ = ("globs", "contains", "general")
+    __slots__ = ("contains", "general", "globs")
 
     def __init__(self, patterns: list[str]):
         self.globs = [_Glob(p) for p in patterns if p]

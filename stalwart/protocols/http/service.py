@@ -121,7 +121,7 @@ class HttpService:
 
     @classmethod
     @lru_cache(maxsize=1)
-    def default(cls) -> "HttpService":
+    def default(cls) -> HttpService:
         """The service of the embedded defaults, for cores built without a configuration (tests)."""
         return cls(Config())
 
