@@ -94,7 +94,7 @@ def rejected(fn):
         try:
             fn(data)
         except (ClientHelloError, ValueError):
-            return None
+            pass
     return run
 
 

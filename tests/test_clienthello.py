@@ -275,12 +275,12 @@ def handshake_after_peek(mod, server_ctx, client_ctx, sni, session=None, chunk=1
 
 
 def test_peeked_flight_completes_the_handshake(clienthello, server_context):
-    hello, client, server = handshake_after_peek(clienthello, server_context, client_context(["acme-tls/1"]),
-                                                 "Mail.Example.com")
+    hello, _, server = handshake_after_peek(clienthello, server_context, client_context(["acme-tls/1"]),
+                                            "Mail.Example.com")
     assert (hello.sni, hello.alpn) == ("mail.example.com", (b"acme-tls/1",))
     assert server.selected_alpn_protocol() == "acme-tls/1" and server.version() == "TLSv1.3"
-    hello, client, server = handshake_after_peek(clienthello, server_context,
-                                                 client_context(maximum=ssl.TLSVersion.TLSv1_2), None, chunk=7)
+    hello, _, server = handshake_after_peek(clienthello, server_context,
+                                            client_context(maximum=ssl.TLSVersion.TLSv1_2), None, chunk=7)
     assert hello.sni is None and server.version() == "TLSv1.2"
 
 
@@ -588,7 +588,7 @@ def test_openssl_hello_over_several_records(clienthello):
     assert h.records >= 3 and h.sni == "big.example"
     assert h.alpn == tuple(p.encode() for p in protocols)
     assert outcome(C, data) == outcome(PY, data)
-    for k in range(0, len(data)):
+    for k in range(len(data)):
         assert clienthello.peek(data[:k]) is None
 
 

@@ -10,6 +10,10 @@ all of them) is parsed in place, without a copy. Extension bodies other than the
 stepped over, not scanned. The result object holds that struct and a reference to the bytes; its
 tuples and the SNI string are built only when a caller reads them. Errors come back as a code and
 the wrapper raises :class:`ClientHelloError` (C code never raises through a callback).
+
+A peek re-reads the buffer from its start, so the work per call is bounded instead (at most 32
+records, 128 extensions, 64 KiB) and ``peek_with_hint`` tells the driver when a new call can
+answer differently; ``bench/clienthello_peek.py`` measures both.
 """
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -19,13 +23,12 @@ from libc.string cimport memchr, memcmp, memcpy, memset
 
 from stalwart._fast.clienthello_errors import REASONS, ClientHelloError
 from stalwart._fast.clienthello_py import (CLASSES, MAX_EXTENSIONS, MAX_HELLO_LENGTH, MAX_RECORD_LENGTH, MAX_RECORDS,
-                                           alpn_ext,
-                                           build, client_hello_message, server_name_ext, to_records,
+                                           alpn_ext, build, client_hello_message, server_name_ext, to_records,
                                            versions_ext)
 
 __all__ = ["ClientHello", "ClientHelloError", "REASONS", "peek", "peek_with_hint", "classify", "MAX_HELLO_LENGTH",
-           "MAX_RECORDS", "MAX_RECORD_LENGTH", "MAX_EXTENSIONS", "server_name_ext", "alpn_ext", "versions_ext", "client_hello_message",
-           "to_records", "build"]
+           "MAX_RECORDS", "MAX_RECORD_LENGTH", "MAX_EXTENSIONS", "server_name_ext", "alpn_ext", "versions_ext",
+           "client_hello_message", "to_records", "build"]
 
 cdef extern from "Python.h":
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)

@@ -55,14 +55,14 @@ dot"; literal IP addresses are "not permitted". What this peek makes of a host n
 from __future__ import annotations
 
 import socket
-from typing import Iterable
+from collections.abc import Iterable
 
 from stalwart._fast.clienthello_errors import (BAD_RECORD, MALFORMED, NOT_CLIENT_HELLO, NOT_TLS, REASONS,
                                                TOO_LARGE, ClientHelloError)
 
 __all__ = ["ClientHello", "ClientHelloError", "REASONS", "peek", "peek_with_hint", "classify", "MAX_HELLO_LENGTH",
-           "MAX_RECORDS", "MAX_RECORD_LENGTH", "MAX_EXTENSIONS", "server_name_ext", "alpn_ext", "versions_ext", "client_hello_message",
-           "to_records", "build"]
+           "MAX_RECORDS", "MAX_RECORD_LENGTH", "MAX_EXTENSIONS", "server_name_ext", "alpn_ext", "versions_ext",
+           "client_hello_message", "to_records", "build"]
 
 MAX_HELLO_LENGTH = 65536  # bytes of ClientHello body (the handshake length field)
 MAX_RECORDS = 32
@@ -368,7 +368,7 @@ def classify(data) -> str:
         return TLS
     if c & 0x80 and n >= 5 and b[2] == CLIENT_HELLO and b[3] in (0, 3):
         return TLS
-    if b.startswith(PROXY_V1) or b.startswith(PROXY_V2):
+    if b.startswith((PROXY_V1, PROXY_V2)):
         return PROXY_HEADER
     sp = b.find(b" ")
     if sp > 0 and b[:sp] in _HTTP_METHODS:
