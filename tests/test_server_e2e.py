@@ -52,7 +52,7 @@ def test_every_protocol_greets_and_quits(server, ports):
     assert lm.quit()[0] == 221
 
     imap = imaplib.IMAP4("127.0.0.1", ports["imap"], timeout=5)
-    assert "IMAP4REV2" in imap.capabilities
+    assert "IMAP4REV1" in imap.capabilities
     typ, _ = imap.noop()
     assert typ == "OK"
     assert imap.logout()[0] == "BYE"
