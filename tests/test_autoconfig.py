@@ -260,3 +260,21 @@ def test_well_known_redirects():
     reply = request(svc, "GET", "/.well-known/jmap")
     assert reply.status == 307 and reply.headers["location"] == "/jmap/session"
     assert request(svc, "HEAD", "/.well-known/carddav").headers["location"] == "/dav/card"
+
+
+def test_autodiscover_v2_names_autodiscover_host_only_with_a_certificate(svc):
+    covered = {"autodiscover.example.org"}
+
+    def certificate_for(name):
+        return object() if name in covered else None
+
+    core_url = "https://mail.example.com:8443/autodiscover/autodiscover.xml"
+    target = "/autodiscover/autodiscover.json?Email=jane@example.org&Protocol=AutodiscoverV1"
+    reply = request(svc, "GET", target, certificate_for=certificate_for)
+    assert reply.json()["Url"] == "https://autodiscover.example.org:8443/autodiscover/autodiscover.xml"
+    covered.clear()
+    assert request(svc, "GET", target, certificate_for=certificate_for).json()["Url"] == core_url
+    # no email: the domain comes from Host (only a local one; none configured here -> defaultHostname)
+    reply = request(svc, "GET", "/autodiscover/autodiscover.json?Protocol=AutodiscoverV1",
+                    headers={"Host": "autodiscover.example.org"}, certificate_for=certificate_for)
+    assert reply.json()["Url"] == core_url

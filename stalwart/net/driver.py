@@ -371,7 +371,8 @@ class Connection(asyncio.Protocol):
             # change, and the core must not hold them or know the worker.
             ctx.extra.update(is_blocked=self._client_blocked, is_allowed=self._client_allowed,
                              packed=self.packed, exempt=self.exempt, counters=self.worker.autoban.counters,
-                             metrics=self.worker.metrics.table)
+                             metrics=self.worker.metrics.table,
+                             certificate_for=getattr(self.worker.plan.tls, "resolve_certificate", None))
         core = lr.factory(ctx)
         self.core = core
         self.worker.metrics.session(lr.index)

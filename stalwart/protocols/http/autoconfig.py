@@ -29,6 +29,7 @@ from .messages import JSON, JSON_UTF8, XML_UTF8, Response, problem
 PUBLIC = ("Cache-Control", "public, max-age=3600")
 PRIVATE = ("Cache-Control", "private, max-age=3600")
 PLACEHOLDER = "%EMAILADDRESS%"
+DISCOVER_PATH = "/autodiscover/autodiscover.xml"
 DEPLOYMENT_ID = "644560b8-a1ce-429c-8ace-23395843f701"
 NS_RESPONSE = "http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"
 NS_OUTLOOK = "http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"
@@ -196,7 +197,8 @@ class Autoconfig:
             issuer = https_endpoint(cfg, (jmap.hostname if jmap else None) or hostname).https_base()
         self.pacc = pacc_document(cfg, hostname, self.endpoints, issuer)
         self.pacc_response = Response(200, self.pacc, JSON, [PUBLIC])
-        self.discover_url = https_endpoint(cfg, hostname).https_base() + "/autodiscover/autodiscover.xml"
+        self.discover_base = https_endpoint(cfg, hostname).https_base()
+        self.discover_url = self.discover_base + DISCOVER_PATH
         self.error_id = str(zlib.crc32(hostname.encode()))
 
     def is_local(self, domain: str) -> bool:
@@ -289,7 +291,11 @@ class Autoconfig:
         return Response(200, "\n".join(out).encode(), XML_UTF8, [PRIVATE])
 
     # -- Autodiscover v2 (http.md §7) ------------------------------------------------------------
-    def autodiscover_v2(self, protocol: str | None, email: str | None) -> Response:
+    def autodiscover_v2(self, protocol: str | None, email: str | None, host: bytes | None = None,
+                        certificate_for: Callable[[str], object] | None = None) -> Response:
+        """http.md §7: ``Url`` names ``autodiscover.<domain>`` when a usable certificate covers that
+        name (``certificate_for``: the TLS store's exact/wildcard lookup, tls.md §4), else
+        ``defaultHostname``, where a client would otherwise meet a certificate error."""
         if (protocol or "").lower() != "autodiscoverv1":
             clean = _NOT_ALNUM.sub("", protocol or "")
             body = msgspec.json.encode({
@@ -304,5 +310,12 @@ class Autoconfig:
                 return problem(400, "Missing domain in email address")
             if not self.is_local(domain):
                 return problem(404)
-        body = msgspec.json.encode({"Protocol": "AutodiscoverV1", "Url": self.discover_url})
+        else:
+            domain = host_domain(host, "autodiscover.") or ""
+            if self.domains is None or domain not in self.domains:
+                domain = self.hostname
+        url = self.discover_url
+        if certificate_for is not None and certificate_for(f"autodiscover.{domain}") is not None:
+            url = self.discover_base.replace(f"//{self.hostname}", f"//autodiscover.{domain}", 1) + DISCOVER_PATH
+        body = msgspec.json.encode({"Protocol": "AutodiscoverV1", "Url": url})
         return Response(200, body, JSON_UTF8, [PRIVATE])

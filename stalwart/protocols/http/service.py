@@ -24,6 +24,8 @@ from ... import events
 from ..._fast import load as load_kernel
 from ...config import Config
 from ...config import hostname as config_hostname
+from ...services.acme.challenges import HTTP_PREFIX as ACME_CHALLENGE_PREFIX
+from ...services.acme.challenges import ChallengeStore
 from ..base import SessionContext
 from .autoconfig import Autoconfig, parse_autodiscover
 from .forwarded import ClientAddress, attribute, pack
@@ -102,6 +104,8 @@ class HttpService:
             headers.append(HSTS)
         self.extra_headers = headers
         self._heads: dict[tuple, object] = {}
+        # HTTP-01 answers written by the ACME helper (tls.md §7.5), on every HTTP listener.
+        self.acme = ChallengeStore(data_dir) if data_dir else None
 
     def response_head(self, status: int, headers: list[tuple[str, str]]) -> h11.Response:
         """The h11 status line and headers, validated once per distinct head.
@@ -189,10 +193,21 @@ class HttpService:
         return self.limits.check_anonymous(ctx.extra.get("counters"), req.client_packed, int(req.now * 1000))
 
     # -- step 4 ------------------------------------------------------------------------------
+    def _acme_challenge(self, req: Request) -> Response:
+        """RFC 8555 §8.3: the key authorization as ``text/plain``, 404 when the token is unknown."""
+        if req.method not in ("GET", "HEAD"):
+            return _allow("GET, HEAD")
+        answer = self.acme.http_answer(req.path[len(ACME_CHALLENGE_PREFIX):])
+        if answer is None:
+            return problem(404)
+        return Response(200, answer, "text/plain", [("Cache-Control", "no-store")])
+
     def route(self, req: Request, ctx: SessionContext) -> Response | Deferred:
         path, method = req.path, req.method
         if self.management.claims(path):
             return self.management.handle(req, ctx)
+        if path.startswith(ACME_CHALLENGE_PREFIX) and self.acme is not None:
+            return self._acme_challenge(req)
         by_method = self.routes.get(path)
         if by_method is not None:
             handler = by_method.get(method)
@@ -244,5 +259,6 @@ class HttpService:
                 email = next((seg for seg in tail.split("/") if "@" in seg), None) if tail else None
                 if email is None:
                     email = req.query.get("Email")
-                return ac.autodiscover_v2(req.query.get("Protocol"), email)
+                return ac.autodiscover_v2(req.query.get("Protocol"), email, req.header(b"host"),
+                                          ctx.extra.get("certificate_for"))
         return problem(404)
