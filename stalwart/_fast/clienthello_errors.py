@@ -16,6 +16,7 @@ TOO_LARGE = "too-large"  # the ClientHello is larger, or spread over more record
 
 # Index order is the compiled peek's status code: it returns -(index + 1) for a failure.
 REASONS = (NOT_TLS, BAD_RECORD, NOT_CLIENT_HELLO, MALFORMED, TOO_LARGE)
+_MESSAGES = {reason: f"invalid TLS ClientHello: {reason}" for reason in REASONS}
 
 
 class ClientHelloError(RemoteProtocolError):
@@ -25,7 +26,8 @@ class ClientHelloError(RemoteProtocolError):
 
     def __init__(self, reason: str):
         self.reason = reason
-        super().__init__(f"invalid TLS ClientHello: {reason}", reply=b"", close=True)
+        # One is raised per rejected connection: the message is prepared once per reason.
+        super().__init__(_MESSAGES.get(reason) or f"invalid TLS ClientHello: {reason}", b"", True)
 
     def __reduce__(self):
         return (type(self), (self.reason,))
