@@ -44,9 +44,9 @@ def auth(user="admin", password="s3cret"):
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def call(method, target, body=b"", authorization=None, svc=None):
+def call(method, target, body=b"", authorization=None, svc=None, **extra):
     svc = svc or HttpService(config(CFG), data_dir="/nonexistent")
-    core = session(svc)
+    core = session(svc, **extra)
     hdrs = "Host: x\r\n" + (f"Authorization: {authorization}\r\n" if authorization else "")
     if body or method in ("POST", "DELETE"):
         hdrs += f"Content-Length: {len(body)}\r\n"
@@ -158,3 +158,18 @@ def test_failure_that_bans_is_answered_429(control):
     core.blocking_done(result, None)
     reply = parse(core.next_event().data, ["GET"])[0]
     assert reply.status == 429 and reply.json()["title"] == "Too Many Authentication Attempts"
+
+
+def test_authenticated_rate_limit(control):
+    import mmap
+
+    from stalwart._fast import ratecounter_py
+
+    counters = ratecounter_py.RateCounter(mmap.mmap(-1, ratecounter_py.size_for(64)), 64)
+    svc = HttpService(config({**CFG, "Http": {"administrators": ["admin"],
+                                              "rateLimitAuthenticated": {"count": 2, "period": 60000}}}),
+                      data_dir="/x")
+    statuses = [call("GET", "/api/status", authorization=auth(), svc=svc, counters=counters).status for _ in range(3)]
+    assert statuses == [200, 200, 429] and len(control) == 2  # the refused one never reached the master
+    reply = call("GET", "/api/status", authorization=auth(), svc=svc, counters=counters)
+    assert reply.headers["ratelimit-policy"] == '"authenticated";q=2;w=60'
