@@ -30,7 +30,6 @@ import time
 import maxminddb
 
 from stalwart._fast import load
-from stalwart.services.geo.info import GeoInfo
 from stalwart.services.geo.mmdb import asn_record, write_database
 
 C = load("rangetable", compiled=True)

@@ -43,7 +43,7 @@ class TxtZone:
         while self.running:
             try:
                 data, addr = self.sock.recvfrom(4096)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

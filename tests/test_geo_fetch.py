@@ -107,7 +107,7 @@ class CsvServer:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def __enter__(self) -> "CsvServer":
+    def __enter__(self) -> CsvServer:
         self.thread.start()
         return self
 
@@ -161,8 +161,8 @@ def test_tables_from_http_in_both_families(server, tmp_path):
     assert ev.named("resource.error")[0]["Reason"] == "Invalid ASN/Geo data"
     for compiled in (False, True):
         rt = load("rangetable", compiled=compiled)
-        asn = rt.RangeTable(open(table_path(str(tmp_path), "asn"), "rb").read())
-        geo = rt.RangeTable(open(table_path(str(tmp_path), "country"), "rb").read())
+        with open(table_path(str(tmp_path), "asn"), "rb") as fa, open(table_path(str(tmp_path), "country"), "rb") as fc:
+            asn, geo = rt.RangeTable(fa.read()), rt.RangeTable(fc.read())
         assert asn.get(p("1.0.0.9")) == (13335, "Cloudflare, Inc.")
         assert asn.get(p("8.8.8.8")) == (15169, "Google LLC")  # narrowest of two overlapping ranges
         assert asn.get(p("8.8.4.4")) == (3356, "LEVEL3")
@@ -179,7 +179,7 @@ def test_user_agent_custom_headers_and_bearer(server, tmp_path):
     cfg = asn_config([server.url("/bearer/x.csv")], httpHeaders={" X-Geo-Client ": " test ", "Authorization": "no"},
                      httpAuth={"@type": "Bearer", "bearerToken": {"@type": "Value", "secret": TOKEN}})
     assert build(cfg, str(tmp_path), "asn", Events()) == (True, 1)
-    path, headers = server.requests[-1]
+    _, headers = server.requests[-1]
     assert headers["User-Agent"] == "Stalwart/1.0.0"
     assert headers["X-Geo-Client"] == "test"
     assert headers["Authorization"] == f"Bearer {TOKEN}"  # httpAuth replaces a user-supplied one

@@ -12,6 +12,7 @@ import time
 import maxminddb
 import msgspec
 import pytest
+from test_geo_fetch import ASN_V4, CsvServer, Events, write_fixtures
 
 from stalwart._fast import load
 from stalwart.config import parse_bytes
@@ -21,7 +22,6 @@ from stalwart.services.geo.manager import GeoRefresher
 from stalwart.services.geo.mmdb import asn_record, country_record, write_database
 from stalwart.services.geo.refresh import build, table_path
 from stalwart.services.geo.service import GeoService
-from test_geo_fetch import ASN_V4, CsvServer, Events, write_fixtures
 
 
 def p(text):
@@ -103,7 +103,7 @@ def test_disabled_answers_nothing(tmp_path):
 
 # -- MaxMind databases -------------------------------------------------------------------------
 def random_ranges(rng, n, bits):
-    starts = sorted(rng.sample(range(0, 1 << min(bits, 60)), n))
+    starts = sorted(rng.sample(range(1 << min(bits, 60)), n))
     shift = bits - min(bits, 60)
     out = []
     for i, s in enumerate(starts):

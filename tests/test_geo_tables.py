@@ -8,7 +8,14 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stalwart.services.geo.tables import ASN, COUNTRY, ParsedTable, flatten, parse_csv, split_row
+from stalwart.services.geo.tables import (
+    ASN,
+    COUNTRY,
+    ParsedTable,
+    flatten,
+    parse_csv,
+    split_row,
+)
 
 
 def ip(text):
@@ -122,7 +129,7 @@ def test_flatten_matches_brute_force(pairs):
     for s, e, v in flat:
         for x in range(s, e + 1):
             covered[x] = v
-    for x in range(0, 362):
+    for x in range(362):
         best = None
         for s, e, v in ranges:
             if s <= x <= e and (best is None or e - s < best[0]):

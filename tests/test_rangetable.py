@@ -7,8 +7,8 @@ import socket
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from kernels import kernel_fixture
+
 from stalwart._fast import load
 from stalwart.services.geo.tables import flatten
 

@@ -26,8 +26,8 @@ import os
 import struct
 from array import array
 from bisect import bisect_right
+from collections.abc import Iterable, Sequence
 from itertools import accumulate
-from typing import Iterable, Sequence
 
 MAGIC = b"STWRANGE"
 VERSION = 1

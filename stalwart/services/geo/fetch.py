@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
 import ssl
 import time
 import urllib.parse
@@ -148,7 +147,7 @@ def _read_http(url: str, headers: dict[str, str], deadline: float, sink: _Sink) 
                 return
             finally:
                 conn.close()
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise FetchError("Request timed out") from None
         except (OSError, http.client.HTTPException) as exc:
             raise FetchError(f"request failed: {exc}") from None

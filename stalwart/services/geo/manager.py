@@ -311,4 +311,4 @@ def _mtime(path: str) -> int:
         return 0
 
 
-__all__ = ["GeoRefresher", "AsnDns", "AsnDisabled"]
+__all__ = ["AsnDisabled", "AsnDns", "GeoRefresher"]

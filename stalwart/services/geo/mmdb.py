@@ -15,7 +15,8 @@ import os
 import struct
 import time
 from array import array
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .tables import ASN, COUNTRY, ParsedTable
 
@@ -235,5 +236,12 @@ def country_record(code: str) -> dict:
     return {"country": {"iso_code": code}}
 
 
-__all__ = ["read_database", "write_database", "asn_record", "country_record", "range_to_cidrs",
-           "ASN", "COUNTRY"]
+__all__ = [
+    "ASN",
+    "COUNTRY",
+    "asn_record",
+    "country_record",
+    "range_to_cidrs",
+    "read_database",
+    "write_database",
+]

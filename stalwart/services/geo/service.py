@@ -104,7 +104,7 @@ class GeoService:
         self._pair: tuple = (None, None)  # the current (asn, country) tables for find_pair
 
     @classmethod
-    def from_config(cls, cfg: Asn, data_dir: str, txt: TxtLookup | None = None) -> "GeoService":
+    def from_config(cls, cfg: Asn, data_dir: str, txt: TxtLookup | None = None) -> GeoService:
         return cls(cfg, data_dir, txt)
 
     @property
