@@ -5,6 +5,8 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stalwart.protocols.http import HttpService
 from stalwart.protocols.http.advertise import endpoints
@@ -278,3 +280,23 @@ def test_autodiscover_v2_names_autodiscover_host_only_with_a_certificate(svc):
     reply = request(svc, "GET", "/autodiscover/autodiscover.json?Protocol=AutodiscoverV1",
                     headers={"Host": "autodiscover.example.org"}, certificate_for=certificate_for)
     assert reply.json()["Url"] == core_url
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_autodiscover_body_gets_well_formed_xml(body):
+    reply = request(HttpService.default(), "POST", "/autodiscover/autodiscover.xml", body)
+    assert reply.status == 200
+    ET.fromstring(reply.body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60))
+def test_any_email_address_gives_well_formed_xml_or_404(text):
+    from urllib.parse import quote
+
+    reply = request(HttpService.default(), "GET", "/mail/config-v1.1.xml?emailaddress=" + quote(text, safe=""))
+    if reply.status == 200:
+        ET.fromstring(reply.body)
+    else:
+        assert reply.status == 404 and reply.json()["status"] == 404
