@@ -305,3 +305,20 @@ def test_asn_table_is_small_for_csv_text(tmp_path):
     assert build(cfg, str(tmp_path), "asn", Events())[0]
     assert os.path.getsize(table_path(str(tmp_path), "asn")) < len(big) + 2 * 4 * 65537 + 4096
     assert ASN_V4  # the shared fixture module is importable from here
+
+
+def test_event_keys_and_management_answer(server, tmp_path):
+    import asyncio
+
+    cfg = resource(server)
+    for kind in ("asn", "country"):
+        build(cfg, str(tmp_path), kind, Events())
+    geo = GeoService(cfg, str(tmp_path))
+    assert geo.lookup(p("1.0.0.1")).event_keys() == {"Asn": 13335, "Country": "AU"}
+    assert GeoInfo(None, None, "US").event_keys() == {"Country": "US"}
+    assert asyncio.run(geo.answer(" 2001:200::1 ")) == {
+        "ok": True, "address": "2001:200::1", "found": True, "asn": 2500, "asnName": "WIDE Project", "country": "JP"}
+    assert asyncio.run(geo.answer("10.0.0.1")) == {"ok": True, "address": "10.0.0.1", "found": False}
+    assert asyncio.run(geo.answer("x"))["ok"] is False
+    off = GeoService(cfg_of({"@type": "Disabled"}), str(tmp_path))
+    assert "disabled" in asyncio.run(off.answer("1.0.0.1"))["error"]

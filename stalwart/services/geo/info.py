@@ -29,7 +29,18 @@ class GeoInfo:
         return self.country or ""
 
     def as_dict(self) -> dict:
+        """The JSON form used by ``stalwart-cli geo lookup --json`` and management answers."""
         return {"asn": self.asn, "asnName": self.asn_name, "country": self.country}
+
+    def event_keys(self) -> dict:
+        """Keys for session log events (``smtp.connection-start Asn=15169 Country=US``); unknown
+        parts are left out."""
+        keys: dict = {}
+        if self.asn is not None:
+            keys["Asn"] = self.asn
+        if self.country:
+            keys["Country"] = self.country
+        return keys
 
 
 def _comment_safe(text: str) -> str:

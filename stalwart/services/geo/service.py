@@ -7,8 +7,9 @@ How to use it (a worker, or the SMTP session that builds the ``Received:`` heade
     info = await geo.resolve(packed_ip)                 # same, and queries DNS for the Dns variant
 
 ``packed_ip`` is ``socket.inet_pton`` output (4 or 16 bytes; IPv4-mapped IPv6 counts as IPv4).
-``info.received_comment()`` is the ``(AS64500 EXAMPLE-NET, US)`` part of the ``Received:`` header;
-``info.asn`` and ``info.country`` go into session log events as ``Asn`` and ``Country``.
+``info.received_comment()`` is the ``AS64500 EXAMPLE-NET, US`` inside the ``Received:`` header's
+``(… [ip] (…))``; ``info.event_keys()`` gives ``Asn`` and ``Country`` for session log events;
+``await geo.answer("192.0.2.1")`` is the JSON answer for a management endpoint.
 
 For ``Resource`` and ``Mmdb`` the tables are files in ``<data-dir>/geo/`` written by the master's
 refresh helper; every worker maps them read-only (one copy in the page cache for all workers) and
@@ -180,6 +181,19 @@ class GeoService:
         if ip is None or ip.is_loopback:
             return None
         return self.dns.lookup_sync(ip, _canonical(ip))
+
+    async def answer(self, address: str) -> dict:
+        """A management answer for ``address`` (text): ``{"ok": true, "address", "found", "asn",
+        "asnName", "country"}``, or ``{"ok": false, "error"}``. Same shape as the control
+        socket's ``geo.lookup``, for an HTTP endpoint served by a worker."""
+        try:
+            ip = ipaddress.ip_address(address.strip())
+        except (ValueError, AttributeError):
+            return {"ok": False, "error": f"{address!r} is not an IP address"}
+        if not self.enabled:
+            return {"ok": False, "error": "ASN and GeoIP lookups are disabled (Asn is Disabled)"}
+        info = await self.resolve(ip.packed)
+        return {"ok": True, "address": str(ip), "found": info is not None, **(info.as_dict() if info else {})}
 
     def status(self) -> dict:
         """What each table holds: ranges and build time (for ``stalwart-cli geo status``)."""
