@@ -34,6 +34,8 @@ NETNS_ADDRESSES = ("192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.
 def run_in_netns(fn, *args, timeout=180.0):
     """Run ``fn(*args)`` in a forked child inside a new network namespace with the documentation
     addresses on ``lo``; its assertion errors are re-raised here."""
+    if shutil.which("ip") is None:
+        pytest.skip("ip (iproute2) is not installed (scripts/test-deps installs it)")
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:

@@ -17,6 +17,7 @@ from ..services.license.config import Enterprise
 from ..services.geo.config import Asn, AsnBase, AsnDisabled
 from ..services.acme.config import AcmeProvider
 from ..services.dnsproviders.config import DnsServer, DnsServerBase
+from ..security.cluster import Redis
 from .secrets import PublicText, SecretText
 from .types import Duration, HostName, IpMask, Rate, Size, SocketAddr, UtcDateTime
 
@@ -201,6 +202,7 @@ OBJECTS: dict[str, tuple[type[_Object], bool]] = {
     "Cache": (CacheSettings, False),
     "AcmeProvider": (AcmeProvider, True),
     "DnsServer": (DnsServerBase, True),  # a tagged union
+    "Redis": (Redis, False),
 }
 
 
@@ -225,3 +227,4 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     Cache: CacheSettings = msgspec.field(default_factory=lambda: CacheSettings())
     AcmeProvider: list[AcmeProvider] = []
     DnsServer: list[DnsServer] = []
+    Redis: Redis = msgspec.field(default_factory=lambda: Redis())

@@ -125,6 +125,14 @@ class SharedSecurity:
         # security.md §3: HMAC-SHA-256 key for credential hashes, random per master start.
         self.credential_key = os.urandom(32)
         self._evictions = 0
+        self.cluster = None  # ClusterLink when the Redis object has a url
+
+    def join_cluster(self, cfg: Any) -> None:
+        """Share bans with the other nodes through Redis (master side; see ``cluster.py``)."""
+        if cfg is not None and cfg.url:
+            from .cluster import ClusterLink
+
+            self.cluster = ClusterLink(cfg, self)
 
     # -- master side -------------------------------------------------------------------------
     def load(self, store: AccessStore, now: float | None = None) -> int:
@@ -146,9 +154,14 @@ class SharedSecurity:
         written = 0
         for index, packed, prefix, expires, reason, _persisted, state in self.bans.entries(now_s, True):
             name = REASONS[reason] if reason < len(REASONS) else "other"
-            store.add("blocked", subject_text(packed, prefix), name, expires or None)
+            text = subject_text(packed, prefix)
+            store.add("blocked", text, name, expires or None)
             self.bans.mark_persisted(index, state)
             written += 1
+            if self.cluster is not None:
+                self.cluster.publish("ban", text, expires, name)
+        if self.cluster is not None:
+            written += self.cluster.poll(store)
         evictions = self.counters.evictions()
         if evictions != self._evictions:
             events.emit("security.rate-counter-evicted", level="warn",
@@ -163,6 +176,8 @@ class SharedSecurity:
             net = ipaddress.ip_network(address, strict=False)
         except ValueError:
             return False
+        if self.cluster is not None:
+            self.cluster.publish("unban", str(net))
         return self.bans.unban(net.network_address.packed, net.prefixlen, int(time.time() if now is None else now))
 
 
@@ -188,6 +203,12 @@ class AutoBan:
         self._stale: OrderedDict[bytes, list[tuple[bytes, float]]] = OrderedDict()
         self._epoch = self.bans.epoch()
         self._handlers = self._subscriptions()
+        redis_cfg = getattr(cfg, "Redis", None)
+        self.cluster = None
+        if redis_cfg is not None and redis_cfg.url:
+            from .cluster import ClusterCounter
+
+            self.cluster = ClusterCounter(redis_cfg)
 
     # -- wiring ------------------------------------------------------------------------------
     def _subscriptions(self) -> dict[str, Any]:
@@ -268,10 +289,18 @@ class AutoBan:
             return False
         count, period, *_ = rule
         masked, prefix = mask(packed, self.v4_prefix, self.v6_prefix)
-        n = self.counters.hit(bytes((cat, NS_IP, prefix)) + masked, _mono_ms(), period)
+        key = bytes((cat, NS_IP, prefix)) + masked
+        n = self.counters.hit(key, _mono_ms(), period)
         if n > count:
             self._ban(cat, packed, conn, keys, **ban_keys)
             return True
+        if self.cluster is not None:
+            # The cluster-wide window decides a moment later; a ban then is the same ban.
+            def over() -> None:
+                if self.bans.lookup(packed, int(time.time())) < 0:
+                    self._ban(cat, packed, conn, keys, **ban_keys)
+
+            self.cluster.count(key, period, count, over)
         return False
 
     def _on_auth(self, _event: str, keys: dict) -> None:

@@ -181,6 +181,7 @@ class Master:
         # Auto-ban tables, mapped before any fork; persisted bans go back in (security.md §5).
         self.security = SharedSecurity()
         self.security.load(self.access)
+        self.security.join_cluster(cfg.Redis)  # Redis set: bans shared with the other nodes
         # GET /metrics counters: one row per worker slot, shared like the tables above.
         self.metrics = MetricsTable(MAX_LISTENERS, MAX_WORKERS)
         try:
