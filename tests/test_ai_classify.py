@@ -98,7 +98,8 @@ def test_timeout_fails_open_within_the_budget():
     assert result.status == "failed" and result.reason_code() == "timeout"
     header = result.header()
     _check_header(header)
-    assert header.replace(b"\r\n ", b" ") == b"X-Spam-LLM: UNCLASSIFIED; reason=timeout (model 'm' did not answer within 400 ms)\r\n"
+    assert header.replace(b"\r\n ", b" ") == \
+        b"X-Spam-LLM: UNCLASSIFIED; reason=timeout (model 'm' did not answer within 400 ms)\r\n"
 
 
 def test_budget_is_capped_at_30_seconds():
@@ -138,7 +139,8 @@ def test_html_only_and_alternative_parts():
 def test_message_without_text_is_skipped_without_a_header():
     msg = (b"Subject: pic\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
            b"--B\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n"
-           b"--B\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=a.txt\r\n\r\nattached\r\n--B--\r\n")
+           b"--B\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=a.txt\r\n\r\n"
+           b"attached\r\n--B--\r\n")
     c = stub("Legitimate,High,x")
     result = asyncio.run(classify(msg, c))
     assert result.status == "skipped" and result.header() == b"" and c.client.prompts == []

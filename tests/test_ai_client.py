@@ -109,7 +109,8 @@ def test_invalid_header_is_a_build_error(headers, needle):
 
 def test_missing_secret_disables_the_model(monkeypatch):
     monkeypatch.delenv("STALWART_TEST_NO_SUCH_VAR", raising=False)
-    auth = {"@type": "Bearer", "bearerToken": {"@type": "EnvironmentVariable", "variableName": "STALWART_TEST_NO_SUCH_VAR"}}
+    auth = {"@type": "Bearer",
+            "bearerToken": {"@type": "EnvironmentVariable", "variableName": "STALWART_TEST_NO_SUCH_VAR"}}
     cfg = parse_bytes(json.dumps({"AiModel": [{"name": "m", "url": "http://x/", "model": "g", "httpAuth": auth},
                                               {"name": "ok", "url": "http://x/", "model": "g",
                                                "httpAuth": {"@type": "Unauthenticated"}}]}).encode())
@@ -184,7 +185,8 @@ def test_retry_after_beyond_the_timeout_is_not_waited_for(srv):
     assert time.monotonic() - started < 1.0
 
 
-@pytest.mark.parametrize("path, needle", [("/malformed", "malformed JSON"), ("/nochoices", "did not contain any choices"),
+@pytest.mark.parametrize("path, needle", [("/malformed", "malformed JSON"),
+                                          ("/nochoices", "did not contain any choices"),
                                           ("/nocontent", "empty completion")])
 def test_unusable_2xx_answers(srv, path, needle):
     c = client_for(srv.url(path))

@@ -184,7 +184,8 @@ def enterprise(license_text=None, api_key=None, **extra):
     if api_key is not None:
         doc["apiKey"] = {"@type": "Value", "secret": api_key}
     doc.update(extra)
-    return parse_bytes(json.dumps({"Enterprise": doc, "SystemSettings": {"defaultHostname": "mx.example.org"}}).encode())
+    doc = {"Enterprise": doc, "SystemSettings": {"defaultHostname": "mx.example.org"}}
+    return parse_bytes(json.dumps(doc).encode())
 
 
 def test_community_edition_without_a_key():

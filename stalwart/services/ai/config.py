@@ -112,11 +112,12 @@ def validate(cfg) -> None:
     for i, model in enumerate(cfg.AiModel):
         path = f"$.AiModel[{i}]"
         if model.name in names:
-            raise ConfigError(f"{path}.name", f"duplicate AiModel name {model.name!r} (also AiModel[{names[model.name]}])")
+            raise ConfigError(f"{path}.name",
+                              f"duplicate AiModel name {model.name!r} (also AiModel[{names[model.name]}])")
         names[model.name] = i
         parts = urllib.parse.urlsplit(model.url)
         try:
-            parts.port
+            _ = parts.port  # raises ValueError for a port out of range
         except ValueError:
             raise ConfigError(f"{path}.url", f"{model.url!r} has an invalid port") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
