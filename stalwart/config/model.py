@@ -13,6 +13,7 @@ from msgspec import Meta
 
 from ..services.ai.config import AiModel, SpamLlm, SpamLlmDisable, SpamLlmEnable
 from ..services.cache.config import CacheSettings
+from ..services.dns.config import DnsResolver, DnsResolverBase, DnsResolverSystem
 from ..services.license.config import Enterprise
 from ..services.geo.config import Asn, AsnBase, AsnDisabled
 from ..services.acme.config import AcmeProvider
@@ -200,6 +201,7 @@ OBJECTS: dict[str, tuple[type[_Object], bool]] = {
     "Enterprise": (Enterprise, False),
     "Asn": (AsnBase, False),  # a tagged union; the map form of its URL sets is handled by the variant
     "Cache": (CacheSettings, False),
+    "DnsResolver": (DnsResolverBase, False),  # a tagged union
     "AcmeProvider": (AcmeProvider, True),
     "DnsServer": (DnsServerBase, True),  # a tagged union
     "Redis": (Redis, False),
@@ -225,6 +227,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     Enterprise: Enterprise = msgspec.field(default_factory=lambda: Enterprise())
     Asn: Asn = msgspec.field(default_factory=AsnDisabled)
     Cache: CacheSettings = msgspec.field(default_factory=lambda: CacheSettings())
+    DnsResolver: DnsResolver = msgspec.field(default_factory=DnsResolverSystem)
     AcmeProvider: list[AcmeProvider] = []
     DnsServer: list[DnsServer] = []
     Redis: Redis = msgspec.field(default_factory=lambda: Redis())
