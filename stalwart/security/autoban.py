@@ -87,6 +87,7 @@ THROTTLE_STEPS = (2, 4, 8, 15)  # s: Dovecot's authentication penalty (anvil), c
 STALE_HASHES = 10  # distinct failed credentials remembered per address (security.md §3)
 STALE_ADDRESSES = 4096  # addresses whose recent credentials a worker remembers (LRU)
 GROUPS = ("smtp", "imap", "pop3", "manage-sieve", "http")
+PERSIST_INTERVAL = 0.25  # s: the master's loop may spin faster; the ban table scan need not
 
 
 def mask(packed: bytes, v4_prefix: int, v6_prefix: int) -> tuple[bytes, int]:
@@ -125,6 +126,7 @@ class SharedSecurity:
         # security.md §3: HMAC-SHA-256 key for credential hashes, random per master start.
         self.credential_key = os.urandom(32)
         self._evictions = 0
+        self._next_persist = 0.0
         self.cluster = None  # ClusterLink when the Redis object has a url
 
     def join_cluster(self, cfg: Any) -> None:
@@ -150,6 +152,11 @@ class SharedSecurity:
 
     def persist(self, store: AccessStore, now: float | None = None) -> int:
         """Write every ban not yet persisted as a BlockedIp row (upsert); returns how many."""
+        if now is None:
+            mono = time.monotonic()
+            if mono < self._next_persist:
+                return 0
+            self._next_persist = mono + PERSIST_INTERVAL
         now_s = int(time.time() if now is None else now)
         written = 0
         for index, packed, prefix, expires, reason, _persisted, state in self.bans.entries(now_s, True):
