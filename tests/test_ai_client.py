@@ -333,3 +333,35 @@ def test_pooled_connection_dropped_by_the_server_is_replaced_once():
         assert c.http.connections_opened == 2
     finally:
         listener.close()
+
+
+def test_sieve_llm_prompt_rules(srv):
+    cfg = parse_bytes(json.dumps({"AiModel": [{"name": "m", "url": srv.url("/v1/chat/completions"), "model": "g",
+                                               "httpAuth": {"@type": "Unauthenticated"}}]}).encode())
+    state = {"on": True}
+
+    class Gate:
+        def require(self):
+            if not state["on"]:
+                raise EnterpriseRequired("License is expired")
+
+        def active(self):
+            return state["on"]
+
+    models = AiModels.build(cfg, Gate())
+
+    async def run(*args, **kw):
+        return await models.llm_prompt(*args, **kw)
+
+    assert asyncio.run(run("", "hi", 5)) == srv.reply  # the only model, temperature clamped
+    assert srv.requests[-1].json()["temperature"] == 1.0
+    assert asyncio.run(run("m", "hi", "warm")) == srv.reply
+    assert srv.requests[-1].json()["temperature"] == 0.7
+    assert asyncio.run(run("m", 3)) is False
+    assert asyncio.run(run("other", "hi")) is False
+    assert asyncio.run(run("m", "hi", trusted=False)) is False
+    assert asyncio.run(run("m", "hi", trusted=False, may_interact=True)) == srv.reply
+    sent = len(srv.requests)
+    state["on"] = False
+    assert asyncio.run(run("m", "hi")) is False
+    assert len(srv.requests) == sent

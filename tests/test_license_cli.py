@@ -132,3 +132,30 @@ def test_issuing_tool_round_trip(tmp_path):
     bad = subprocess.run([*script, "verify", "--public-key", public, "--hostname", "mx.example.com", licence],
                          cwd=root, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "does not match" in bad.stdout
+
+
+@pytest.mark.slow
+def test_stalwartd_runs_with_ai_and_enterprise_objects(tmp_path):
+    """The objects load in a real server start and reload; SMTP still greets (nothing else changes)."""
+    import socket
+
+    from harness import Server, free_port, listener, recv_line
+
+    port = free_port()
+    doc = {"SystemSettings": {"defaultHostname": "mx1.example.org", "threadPoolSize": 1},
+           "NetworkListener": [listener("smtp", "smtp", port)],
+           "AiModel": [model("http://127.0.0.1:9/v1/chat/completions")],
+           "SpamLlm": {"@type": "Enable", "modelId": "m", "prompt": "Classify."},
+           "Enterprise": {"licenseKey": {"@type": "Value", "secret": "bm90IGEgbGljZW5jZQ=="}}}
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    check = subprocess.run([sys.executable, "-m", "stalwart.cli", "check", "--config", str(tmp_path / "c.json")],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    assert '"modelType": "Chat"' in check.stdout and '"renewalUrl"' in check.stdout
+    server = Server(tmp_path / "srv", doc).start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            assert recv_line(s).startswith(b"220 ")
+        server.reload(doc)
+    finally:
+        server.stop()

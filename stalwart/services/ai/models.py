@@ -71,6 +71,40 @@ class AiModels:
             raise UnknownModel(name, sorted(self.by_name))
         return client
 
+    async def llm_prompt(self, model_name: object, prompt: object, temperature: object = None,
+                         trusted: bool = True, may_interact: bool = False) -> str | bool:
+        """Sieve ``llm_prompt(model_name, prompt, temperature)`` (spec/services.md §4.3).
+
+        Returns the answer, or ``False`` for every failure as the reference does: arguments that are
+        not strings, an untrusted (user) script without the ``interactAi`` permission, an unknown
+        model, no licence in force at call time, or a model error.
+        """
+        from ..license.state import EnterpriseRequired
+        from .client import AiError
+
+        if not isinstance(model_name, str) or not isinstance(prompt, str):
+            return False
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            temperature = None  # the model's own temperature; numbers are clamped by ask()
+        if not trusted and not may_interact:
+            events.emit("security.unauthorized", level="warn", Details="llm_prompt needs the interactAi permission")
+            return False
+        try:
+            client = self.get(model_name)
+        except UnknownModel:
+            return False
+        try:
+            answer = await client.ask(prompt, temperature)
+        except EnterpriseRequired as exc:
+            events.emit("ai.api-error", level="warn", Id=client.name, Reason="Enterprise edition required",
+                        Details=str(exc))
+            return False
+        except AiError:
+            return False  # ask() has emitted ai.api-error
+        events.emit("ai.llm-response", Id=client.name, Value=prompt[:200], Details=answer.text[:500],
+                    Elapsed=answer.elapsed_ms, **answer.event_keys())
+        return answer.text
+
     def close(self) -> None:
         for client in self.by_id.values():
             client.close()
