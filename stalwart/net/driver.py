@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .. import events
 from .._fast import load as load_kernel
 from .._fast import proxy_errors
-from ..protocols.base import NEED_DATA, Blocking, Send, SessionContext, StartTls
+from ..protocols.base import NEED_DATA, Blocking, Delay, Send, SessionContext, StartTls
 
 if TYPE_CHECKING:
     from ..protocols import SessionCore
@@ -413,6 +413,10 @@ class Connection(asyncio.Protocol):
             elif isinstance(ev, Blocking):
                 self._run_blocking(ev)
                 return
+            elif isinstance(ev, Delay):
+                self.transport.pause_reading()
+                self.worker.loop.call_later(ev.seconds, self._delay_finished)
+                return
         if core.closed:
             self.close()
         elif self.shutting_down and core.interruptible:
@@ -436,6 +440,15 @@ class Connection(asyncio.Protocol):
         self.last_active = self.worker.loop.time()
         self.core.now = self.last_active
         self.core.blocking_done(result, error)
+        self.transport.resume_reading()
+        self._pump()
+
+    def _delay_finished(self) -> None:
+        if self._closing:
+            return
+        self.last_active = self.worker.loop.time()
+        self.core.now = self.last_active
+        self.core.blocking_done(None, None)
         self.transport.resume_reading()
         self._pump()
 

@@ -9,6 +9,8 @@ bytes with :meth:`SessionCore.receive_data` and acts on what :meth:`SessionCore.
   handshake, then call :meth:`SessionCore.tls_started`;
 * :class:`Blocking` — run ``fn(*args)`` in a thread (disk writes with fsync, password hashing),
   reading from the peer paused meanwhile, then hand the outcome to :meth:`SessionCore.blocking_done`;
+* :class:`Delay` — wait that many seconds (reading paused), then call ``blocking_done(None, None)``:
+  the pause before an authentication failure reply (security.md §4) without a clock in the core;
 * ``NEED_DATA`` — nothing more until more bytes arrive.
 
 The driver sets :attr:`SessionCore.now` (its monotonic clock, seconds) before each
@@ -61,7 +63,14 @@ class Blocking:
     args: tuple = ()
 
 
-Event = Send | StartTls | Blocking | _NeedData
+@dataclass(slots=True)
+class Delay:
+    """Resume the core after ``seconds`` through ``blocking_done(None, None)``; reading is paused."""
+
+    seconds: float
+
+
+Event = Send | StartTls | Blocking | Delay | _NeedData
 
 
 @dataclass(slots=True)
