@@ -11,8 +11,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SI
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from stalwart._fast.rangetable_py import (BUCKETS, HEADER_SIZE, RangeTableError, _layout, encode,
-                                          read_header, write)
+from stalwart._fast.rangetable_py import (BUCKETS, HEADER_SIZE, INDEX_BYTES, RangeTableError, _layout,
+                                          encode, read_header, write)
 
 cdef extern from *:
     """
@@ -41,12 +41,10 @@ cdef class RangeTable:
     cdef readonly object built_at, fingerprint
     cdef const uint32_t *_idx4
     cdef const uint32_t *_s4
-    cdef const uint32_t *_e4
-    cdef const uint32_t *_v4
+    cdef const uint32_t *_ev4   # (end, value) pairs
     cdef const uint32_t *_idx6
-    cdef const uint64_t *_s6
-    cdef const uint64_t *_e6
-    cdef const uint32_t *_v6
+    cdef const uint64_t *_s6    # start high halves
+    cdef const uint64_t *_r6    # (start lo, end hi, end lo, value | pad << 32) quads
     cdef const uint32_t *_offsets
     cdef const uint8_t *_records
 
@@ -60,16 +58,14 @@ cdef class RangeTable:
         off4, off6, offv = _layout(self.n4, self.n6, self.nvals)
         cdef Py_ssize_t p = off4
         self._idx4 = <const uint32_t *> (self._base + p)
-        p += 4 * (BUCKETS + 1)
+        p += INDEX_BYTES
         self._s4 = <const uint32_t *> (self._base + p)
-        self._e4 = self._s4 + self.n4
-        self._v4 = self._e4 + self.n4
+        self._ev4 = self._s4 + self.n4
         p = off6
         self._idx6 = <const uint32_t *> (self._base + p)
-        p += 4 * (BUCKETS + 1)
+        p += INDEX_BYTES
         self._s6 = <const uint64_t *> (self._base + p)
-        self._e6 = self._s6 + 2 * self.n6
-        self._v6 = <const uint32_t *> (self._e6 + 2 * self.n6)
+        self._r6 = self._s6 + self.n6
         p = offv
         self._offsets = <const uint32_t *> (self._base + p)
         self._records = self._base + p + 4 * (self.nvals + 1)
@@ -86,10 +82,10 @@ cdef class RangeTable:
             if self._idx4[i] > self._idx4[i + 1] or self._idx6[i] > self._idx6[i + 1]:
                 return False
         for i in range(self.n4):
-            if self._v4[i] >= self.nvals:
+            if self._ev4[2 * i + 1] >= self.nvals:
                 return False
         for i in range(self.n6):
-            if self._v6[i] >= self.nvals:
+            if self._r6[4 * i + 3] >= <uint64_t> self.nvals:
                 return False
         if self._offsets[0] != 0:
             return False
@@ -112,29 +108,31 @@ cdef class RangeTable:
             else:
                 lo = mid + 1
         lo -= 1
-        if lo < 0 or self._e4[lo] < ip:
+        if lo < 0 or self._ev4[2 * lo] < ip:
             return -1
-        return self._v4[lo]
+        return self._ev4[2 * lo + 1]
 
     cdef inline Py_ssize_t _find6(self, uint64_t h, uint64_t l) noexcept nogil:
         cdef uint32_t b = <uint32_t> (h >> 48)
         cdef Py_ssize_t lo = self._idx6[b], hi = self._idx6[b + 1], mid
         cdef const uint64_t *s = self._s6
+        cdef const uint64_t *r = self._r6
         cdef uint64_t sh
         while lo < hi:
             mid = (lo + hi) >> 1
-            sh = s[2 * mid]
-            if sh > h or (sh == h and s[2 * mid + 1] > l):
+            sh = s[mid]
+            # The low half is read only on a tie of the high halves.
+            if sh > h or (sh == h and r[4 * mid] > l):
                 hi = mid
             else:
                 lo = mid + 1
         lo -= 1
         if lo < 0:
             return -1
-        sh = self._e6[2 * lo]
-        if sh < h or (sh == h and self._e6[2 * lo + 1] < l):
+        r += 4 * lo
+        if r[1] < h or (r[1] == h and r[2] < l):
             return -1
-        return self._v6[lo]
+        return <Py_ssize_t> r[3]
 
     def find(self, packed):
         """Value index of the range holding ``packed`` (4 or 16 bytes), or -1."""
