@@ -124,9 +124,14 @@ def cli_main(argv: list[str] | None = None) -> int:
     from .services.geo.commands import add_geo_parser, run as geo_run
 
     add_geo_parser(sub, _common)
+    from .services.dns.commands import add_dns_parser, run as dns_run
+
+    add_dns_parser(sub, _common)
     args = parser.parse_args(argv)
     if args.command == "geo":
         return geo_run(args, _data_dir(args))
+    if args.command == "dns":
+        return dns_run(args)
     if args.command == "ai":
         from .services.ai.commands import ask as ai_ask
 
