@@ -209,3 +209,10 @@ def test_find_pair(rangetable):
         rangetable.find_pair(a, c, b"12345")
     with pytest.raises(TypeError):
         rangetable.find_pair(None, None, "1.2.3.4")
+
+
+def test_other_versions_are_refused(rangetable):
+    good = bytearray(rangetable.encode([(1, 10, 0)], [], [(1, "a")]))
+    good[8:12] = (1).to_bytes(4, "little")  # a version-1 file left by an older build
+    with pytest.raises(rangetable.RangeTableError, match="version 1"):
+        rangetable.RangeTable(bytes(good))
