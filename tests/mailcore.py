@@ -11,7 +11,7 @@ from stalwart import events
 from stalwart.accounts import Directory, hash_password, parse_hash
 from stalwart.accounts.directory import AccountEntry
 from stalwart.mailstore import MailStore
-from stalwart.protocols.base import NEED_DATA, Blocking, Send, SessionContext, StartTls
+from stalwart.protocols.base import NEED_DATA, Blocking, Delay, Send, SessionContext, StartTls
 from stalwart.protocols.mailcommon import MailServices
 
 PASSWORDS = {"jane": "jane-secret", "bob": "bob-secret"}
@@ -52,7 +52,10 @@ def pump(core, out: list) -> None:
         ev = core.next_event()
         if ev is NEED_DATA:
             return
-        if isinstance(ev, Blocking):
+        if isinstance(ev, Delay):
+            assert 0 < ev.seconds <= 0.5
+            core.blocking_done(None, None)  # the driver would resume after ev.seconds
+        elif isinstance(ev, Blocking):
             try:
                 result, error = ev.fn(*ev.args), None
             except Exception as exc:  # noqa: BLE001 - handed to the core like the driver does

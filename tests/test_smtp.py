@@ -249,3 +249,20 @@ def test_random_bytes_in_data_phase(tmp_path_factory, data):
     drive(core, [b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<jane@example.org>\r\nDATA\r\n", data, b"\r\n.\r\n"])
     out = replies(drive(core, [b"NOOP\r\n"]))
     assert REPLY_OK.match(out)
+
+
+def test_auth_failure_reply_waits_for_a_delay(tmp_path):
+    from stalwart.protocols.base import Blocking, Delay
+
+    core = smtp(tmp_path, allow_plain_auth=True)
+    drive(core, [b"EHLO c\r\n"])
+    core.receive_data(b"AUTH PLAIN " + encode_plain("jane", "bad").encode() + b"\r\nNOOP\r\n")
+    job = core.next_event()
+    assert isinstance(job, Blocking)
+    core.blocking_done(job.fn(*job.args), None)
+    delay = core.next_event()
+    assert isinstance(delay, Delay) and 0.05 <= delay.seconds <= 0.5
+    assert core.next_event() is NEED_DATA and not core.interruptible  # nothing until the pause ends
+    core.blocking_done(None, None)
+    assert replies([core.next_event(), core.next_event()]) == (b"535 5.7.8 Authentication credentials invalid.\r\n"
+                                                               b"250 2.0.0 OK\r\n")

@@ -5,7 +5,7 @@ from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from .base import Blocking, SessionContext, SessionCore, StartTls
+from .base import Blocking, Delay, SessionContext, SessionCore, StartTls
 
 #: a byte reader (SMTP DATA, IMAP and ManageSieve literals): given the buffer and where unread bytes
 #: start, it returns the offset where line parsing resumes, or None when it took every byte
@@ -88,6 +88,11 @@ class LineSession(SessionCore):
         """Run ``fn(*args)`` off the event loop; ``then(result, error)`` continues the session."""
         self._waiting = then
         self._events.append(Blocking(fn, args))
+
+    def _delay(self, seconds: float, then: Callable[[], None]) -> None:
+        """Continue with ``then()`` after ``seconds``; nothing is read or answered meanwhile."""
+        self._waiting = lambda _result, _error: then()
+        self._events.append(Delay(seconds))
 
     def blocking_done(self, result: Any, error: BaseException | None) -> None:
         then, self._waiting = self._waiting, None

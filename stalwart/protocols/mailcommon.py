@@ -14,6 +14,7 @@ Events reported by the cores, for the auto-ban layer (keys are PascalCase):
 from __future__ import annotations
 
 import email.utils
+import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,16 @@ class MailServices:
 def authenticate(directory: Directory, login: str, password: str) -> AccountEntry | None:
     """Blocking job: the key derivation runs in a thread (tens of milliseconds)."""
     return directory.authenticate(login, password)
+
+
+#: security.md §4: a failed login is answered after a random pause in this range (seconds)
+AUTH_FAILURE_DELAY = (0.05, 0.5)
+
+
+def failure_delay() -> float:
+    """A random pause before an authentication failure reply (security.md §4): slows guessing and
+    hides the timing of the check itself."""
+    return random.uniform(*AUTH_FAILURE_DELAY)
 
 
 def auth_failed(ctx: SessionContext, group: str, login: str) -> None:

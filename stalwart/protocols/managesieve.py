@@ -227,9 +227,10 @@ class ManageSieveSession(LineSession):
             mailcommon.auth_failed(self.ctx, self.event_group, self._login)
             self.auth_failures += 1
             if self.auth_failures >= self.services.max_auth_failures:
-                self._send(b'BYE "Too many authentication failures."\r\n', close=True)
+                reply = lambda: self._send(b'BYE "Too many authentication failures."\r\n', close=True)  # noqa: E731
             else:
-                self._no("Authentication failed.")
+                reply = lambda: self._no("Authentication failed.")  # noqa: E731
+            self._delay(mailcommon.failure_delay(), reply)
             return
         if self.services.store is None:
             self._no("No storage is configured.", "TRYLATER")

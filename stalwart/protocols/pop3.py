@@ -228,9 +228,10 @@ class Pop3Session(LineSession):
             mailcommon.auth_failed(self.ctx, self.event_group, self._login)
             self.auth_failures += 1
             if self.auth_failures >= self.services.max_auth_failures:
-                self._send(b"-ERR [AUTH] Too many authentication failures.\r\n", close=True)
+                reply = lambda: self._send(b"-ERR [AUTH] Too many authentication failures.\r\n", close=True)  # noqa: E731
             else:
-                self._send(b"-ERR [AUTH] Authentication failed.\r\n")
+                reply = lambda: self._send(b"-ERR [AUTH] Authentication failed.\r\n")  # noqa: E731
+            self._delay(mailcommon.failure_delay(), reply)
             return
         if self.services.store is None:
             self._send(b"-ERR [SYS/TEMP] No mail store is configured.\r\n")

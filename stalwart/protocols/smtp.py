@@ -445,9 +445,10 @@ class SmtpSession(LineSession):
         mailcommon.auth_failed(self.ctx, self.event_group, self._login)
         self.auth_failures += 1
         if self.auth_failures >= self.services.max_auth_failures:
-            self._send(b"421 4.7.0 Too many authentication errors, disconnecting.\r\n", close=True)
+            reply = lambda: self._send(b"421 4.7.0 Too many authentication errors, disconnecting.\r\n", close=True)  # noqa: E731
         else:
-            self._send(b"535 5.7.8 Authentication credentials invalid.\r\n")
+            reply = lambda: self._send(b"535 5.7.8 Authentication credentials invalid.\r\n")  # noqa: E731
+        self._delay(mailcommon.failure_delay(), reply)
 
     _HANDLERS = {
         "EHLO": _cmd_ehlo, "LHLO": _cmd_ehlo, "HELO": _cmd_helo, "QUIT": _cmd_quit, "NOOP": _cmd_noop,

@@ -294,11 +294,12 @@ class ImapSession(LineSession):
         if account is None or error is not None:
             mailcommon.auth_failed(self.ctx, self.event_group, self._login)
             self.auth_failures += 1
+            line = f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n".encode()
             if self.auth_failures >= self.services.max_auth_failures:
-                self._send(f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
-                           f"* BYE Too many authentication failures.\r\n".encode(), close=True)
+                reply = lambda: self._send(line + b"* BYE Too many authentication failures.\r\n", close=True)  # noqa: E731
             else:
-                self._send(f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n".encode())
+                reply = lambda: self._send(line)  # noqa: E731
+            self._delay(mailcommon.failure_delay(), reply)
             return
         if self.services.store is None:
             self._send(f"{tag} NO [UNAVAILABLE] No mail store is configured.\r\n".encode())
