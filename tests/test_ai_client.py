@@ -5,14 +5,16 @@ import asyncio
 import base64
 import json
 import time
+from unittest import mock
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from stalwart.config import parse_bytes
 from stalwart.config.types import dec_hook
 from stalwart.errors import ConfigError
-from stalwart.services.ai import (AiModelClient, AiModels, AiResponseError, AiStatusError, AiTimeout,
+from stalwart.services.ai import (AiError, AiModelClient, AiModels, AiResponseError, AiStatusError, AiTimeout,
                                   AiTransportError)
 from stalwart.services.ai.client import MAX_IN_FLIGHT, build_headers
 from stalwart.services.ai.config import AiModel, SpamLlmDisable, SpamLlmEnable
@@ -365,3 +367,70 @@ def test_sieve_llm_prompt_rules(srv):
     state["on"] = False
     assert asyncio.run(run("m", "hi")) is False
     assert len(srv.requests) == sent
+
+
+class _RawServer:
+    """Answers every connection with ``self.reply`` (raw bytes), then closes it."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.reply = b""
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.settimeout(2)
+                    conn.recv(65536)
+                    conn.sendall(self.reply)
+                except OSError:
+                    pass
+
+
+_raw = None
+
+_HTTP_PIECES = st.sampled_from([b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 500 Oops\r\n", b"HTTP/1.0 204 \r\n",
+                                b"Content-Length: 5\r\n", b"Content-Length: -1\r\n", b"Transfer-Encoding: chunked\r\n",
+                                b"\r\n", b"5\r\nhello\r\n0\r\n\r\n", b'{"choices":[{"text":"x"}]}', b"\x00\xff",
+                                b"Retry-After: soon\r\n", b"HTTP/9 999 x\r\n"])
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(_HTTP_PIECES, st.binary(max_size=40)), max_size=8))
+def test_any_server_bytes_give_an_answer_or_an_ai_error(pieces):
+    global _raw
+    if _raw is None:
+        _raw = _RawServer()
+    _raw.reply = b"".join(pieces)
+    c = client_for(f"http://127.0.0.1:{_raw.port}/v1/chat/completions", timeout=1000)
+    try:
+        with mock.patch("stalwart.services.ai.client.RETRY_DELAY", 0.001):  # keep the property fast
+            answer = asyncio.run(c.ask("x"))
+    except AiError:
+        return
+    assert isinstance(answer.text, str) and answer.text
+
+
+def test_retry_after_forms():
+    import email.utils
+
+    from stalwart.services.ai.client import retry_after
+    from stalwart.services.ai.http import HttpResponse
+
+    def resp(value):
+        return HttpResponse(503, "x", [("retry-after", value)] if value is not None else [], b"")
+
+    assert retry_after(resp("3")) == 3.0
+    assert retry_after(resp(None)) is None and retry_after(resp("soon")) is None
+    later = email.utils.formatdate(time.time() + 60, usegmt=True)
+    assert 55 <= retry_after(resp(later)) <= 61
+    assert retry_after(resp(email.utils.formatdate(time.time() - 60, usegmt=True))) == 0.0
