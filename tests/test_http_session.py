@@ -167,3 +167,12 @@ def test_allowed_endpoints_constant_and_loopback_exemption():
         config({"Http": {"allowedEndpoints": {"match": [{"if": "x", "then": "403"}], "else": "200"}}})
     with pytest.raises(ConfigError, match="allowedEndpoints.else"):
         config({"Http": {"allowedEndpoints": {"else": "ok"}}})
+
+
+def test_forwarding_headers_are_not_applied_on_top_of_a_proxy_header():
+    svc = HttpService(XFF)
+    hdr = {"X-Forwarded-For": "203.0.113.7"}
+    # the PROXY header said the client is 10.0.0.9 (a trusted address): its XFF is not applied on top
+    reply = request(svc, "GET", "/healthz/live", headers=hdr, remote_ip="10.0.0.9", proxy=object(),
+                    **lists(["203.0.113.0/24"]))
+    assert reply.status == 200

@@ -144,10 +144,13 @@ class HttpService:
         def trusted(packed: bytes) -> bool:
             return trust is not None and trust.contains(packed, now)
 
-        if not trusted(peer):
+        # network.md §6: a connection that opened with a PROXY header has its client address from
+        # it; forwarding headers are for a reverse proxy speaking HTTP itself, never both at once.
+        proxied = ctx.extra.get("proxy") is not None
+        if proxied or not trusted(peer):
             if any(n in (b"forwarded", b"x-forwarded-for") for n, _ in headers):
-                events.emit("http.x-forwarded-ignored", level="debug", SpanId=ctx.span_id,
-                            RemoteIp=ctx.remote_ip, Reason="peer is not a trusted proxy")
+                events.emit("http.x-forwarded-ignored", level="debug", SpanId=ctx.span_id, RemoteIp=ctx.remote_ip,
+                            Reason="PROXY header already applied" if proxied else "peer is not a trusted proxy")
             return ClientAddress(ctx.remote_ip, peer, exempt=ctx.extra.get("exempt", False))
         found = attribute(headers, ctx.remote_ip, peer, trusted)
         if found.missing:
