@@ -189,3 +189,25 @@ def test_run_loop_attempt_times_follow_the_schedule_and_never_stop(signer, tmp_p
     # After the renewal the loop goes on: the next attempt is 4 days before the new expiry.
     assert seen[len(expected):] in ([], [V + 365 * DAY - 4 * DAY])
     assert state.active() and state.current().valid_to == V + 365 * DAY
+
+
+def test_unwritable_data_dir_still_installs_in_memory(signer, tmp_path, monkeypatch):
+    monkeypatch.setattr("stalwart.services.license.state.STATE_CHECK_INTERVAL", 0.0)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    clock = Clock(V - 4 * DAY)
+    with FakeOpenAi() as srv:
+        srv.license_body = issue(signer, valid_to=V + 365 * DAY).encode()
+        state = state_for(srv, issue(signer), data_dir=str(blocker / "data"), clock=clock)
+        assert asyncio.run(LicenseRenewer(state).step()) is True
+    assert state.current().valid_to == V + 365 * DAY
+
+
+def test_deleting_the_state_file_drops_the_renewed_key(signer, tmp_path, monkeypatch):
+    monkeypatch.setattr("stalwart.services.license.state.STATE_CHECK_INTERVAL", 0.0)
+    (tmp_path / "license.key").write_text(issue(signer, valid_to=V + 365 * DAY))
+    with FakeOpenAi() as srv:
+        state = state_for(srv, issue(signer), data_dir=str(tmp_path))
+    assert state.current().valid_to == V + 365 * DAY
+    (tmp_path / "license.key").unlink()
+    assert state.current().valid_to == V

@@ -141,4 +141,9 @@ class LicenseRenewer:
                 # an hour instead of after a full day.
                 await self.sleep(min(wait, RETRY_HOURLY))
                 continue
-            await self.attempt()
+            try:
+                await self.attempt()
+            except Exception as exc:  # noqa: BLE001 — the loop must outlive any one failure
+                events.emit("server.licensing", level="error", Reason="renewal attempt failed",
+                            Details=f"{type(exc).__name__}: {exc}")
+                self.due = self.clock() + RETRY_HOURLY

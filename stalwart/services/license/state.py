@@ -124,8 +124,9 @@ class EnterpriseState:
         try:
             st = os.stat(path)
         except OSError:
-            self._state_mtime = None
-            self.renewed = None
+            if self._state_mtime is not None:  # the file went away: so does what was read from it
+                self._state_mtime = None
+                self.renewed = None
             return
         if st.st_mtime_ns == self._state_mtime and not force:
             return
@@ -146,13 +147,18 @@ class EnterpriseState:
         """Persist a renewed, fully validated licence (atomic rename, mode 0600) and use it."""
         path = self.state_path()
         if path is not None:
-            os.makedirs(self.data_dir, exist_ok=True)
             tmp = f"{path}.{os.getpid()}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(lic.text + "\n")
-            os.replace(tmp, path)
-            self._state_mtime = os.stat(path).st_mtime_ns
+            try:
+                os.makedirs(self.data_dir, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w", encoding="ascii") as fh:
+                    fh.write(lic.text + "\n")
+                os.replace(tmp, path)
+                self._state_mtime = os.stat(path).st_mtime_ns
+            except OSError as exc:
+                # Still used by this process; other workers and the next start keep the old key.
+                events.emit("server.licensing", level="error", Reason="renewed licence not persisted",
+                            Path=path, Details=str(exc))
         self.renewed = lic
         self.error = None
         self._check_accounts()
