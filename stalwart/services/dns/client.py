@@ -191,7 +191,18 @@ def parse_answer(response: dns.message.Message, qname: dns.name.Name, rdtype: dn
         chain.append((name.to_text(), cname[0].target.to_text()))
         name = cname[0].target
     nxdomain = response.rcode() == dns.rcode.NXDOMAIN
+    if chain and not nxdomain and not response.authority:
+        # The server stopped at a CNAME without the target's records (an authoritative server
+        # for another zone, unbound's local-data): the target must be asked for separately.
+        raise _DanglingCname(name, tuple(chain), ttl)
     raise NegativeAnswer(qname.to_text(), type_text, nxdomain, negative_ttl(response))
+
+
+class _DanglingCname(Exception):
+    def __init__(self, target: dns.name.Name, chain: tuple[tuple[str, str], ...], ttl: int):
+        self.target = target
+        self.chain = chain
+        self.ttl = ttl
 
 
 _TRANSPORT_ERRORS = (dns.exception.Timeout, OSError, EOFError, dns.exception.FormError,
@@ -233,8 +244,32 @@ class DnsClient:
         ``dnssec`` sets the DO bit so that a validating upstream reports AD."""
         qname = name if isinstance(name, dns.name.Name) else dns.name.from_text(name)
         rdtype = dns.rdatatype.RdataType.make(rdtype)
-        response = await self.exchange(self._make_query(qname, rdtype, dnssec))
-        return parse_answer(response, qname, rdtype, self.cfg.preserve_intermediates)
+        target, chain, ttl, secure = qname, (), None, True
+        while True:
+            response = await self.exchange(self._make_query(target, rdtype, dnssec))
+            try:
+                answer = parse_answer(response, target, rdtype, self.cfg.preserve_intermediates)
+            except _DanglingCname as dangling:
+                chain += dangling.chain
+                ttl = dangling.ttl if ttl is None else min(ttl, dangling.ttl)
+                secure = secure and bool(response.flags & dns.flags.AD)
+                if len(chain) >= MAX_CNAME_CHAIN:
+                    raise DnsError(f"{qname} {dns.rdatatype.to_text(rdtype)}: CNAME chain longer "
+                                   f"than {MAX_CNAME_CHAIN}") from None
+                target = dangling.target
+                continue
+            except NegativeAnswer as neg:
+                if target is qname:
+                    raise
+                # the answer is about the original name: its negative TTL is bounded by the chain
+                ttl_neg = None if neg.ttl is None else min(neg.ttl, ttl)
+                raise NegativeAnswer(qname.to_text(), dns.rdatatype.to_text(rdtype), neg.nxdomain,
+                                     ttl_neg) from None
+            if target is qname:
+                return answer
+            return Answer(qname.to_text(), answer.rdtype, answer.records, min(ttl, answer.ttl),
+                          secure and answer.secure,
+                          (chain + answer.cnames) if self.cfg.preserve_intermediates else ())
 
     async def exchange(self, query: dns.message.Message) -> dns.message.Message:
         """Send ``query`` to the nameservers, ``concurrency`` at a time, for ``1 + attempts``

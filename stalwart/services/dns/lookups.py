@@ -162,7 +162,9 @@ class Resolver:
                 lst = groups.setdefault(r.preference, [])
                 if ex not in lst:
                     lst.append(ex)
-            return tuple(MxGroup(p, tuple(groups[p])) for p in sorted(groups))
+            # sorted inside a group so that the cached value does not depend on the server's
+            # order; RFC 5321 §5.1 has the caller pick at random within a group
+            return tuple(MxGroup(p, tuple(sorted(groups[p]))) for p in sorted(groups))
 
         value = await self._lookup("dnsMx", normalise(name),
                                    lambda key: self._query_loaded(key, "MX", convert))
