@@ -22,7 +22,7 @@ OUTLOOK = (b'<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://s
 
 @pytest.fixture(scope="module")
 def http(tmp_path_factory):
-    port = free_port()
+    port, tls_port = free_port(), free_port()
     cfg = {
         "SystemSettings": {"defaultHostname": "mail.example.test", "threadPoolSize": 2,
                            "proxyTrustedNetworks": ["127.0.0.2"]},
@@ -30,9 +30,10 @@ def http(tmp_path_factory):
         "BlockedIp": [{"address": "203.0.113.0/24"}],
         "Domain": [{"name": "example.org"}],
         "Account": [{"name": "admin", "secret": hash_password("adm1n pass", ln=4), "emails": ["admin@example.org"]}],
-        "NetworkListener": [listener("http", "http", port)],
+        "NetworkListener": [listener("http", "http", port), listener("https", "http", tls_port, tlsImplicit=True)],
     }
     srv = Server(tmp_path_factory.mktemp("http"), cfg, extra_args=["--log-level", "debug"]).start()
+    srv.tls_base = f"https://127.0.0.1:{tls_port}"
     yield srv, f"http://127.0.0.1:{port}"
     srv.stop()
 
@@ -65,6 +66,12 @@ def test_curl_fetches_every_endpoint(http):
     assert code == 400 and json.loads(body)["ErrorCode"] == "InvalidProtocol"
     code, _ = curl(base + "/.well-known/anything", "-X", "OPTIONS")
     assert code == 204
+
+
+def test_pacc_over_implicit_tls(http):
+    srv, _ = http
+    code, body = curl(srv.tls_base + "/.well-known/user-agent-configuration.json", "-k")
+    assert code == 200 and json.loads(body)["authentication"]["password"] is True
 
 
 def test_forwarded_address_from_trusted_proxy_only(http):
@@ -101,7 +108,7 @@ def test_management_api_with_curl(http):
     srv, base = http
     admin = ("-u", "admin:adm1n pass")
     code, body = curl(base + "/api/status", *admin)
-    assert code == 200 and json.loads(body)["listeners"] == {"http": 1}
+    assert code == 200 and json.loads(body)["listeners"] == {"http": 1, "https": 0}
     code, _ = curl(base + "/api/status", "-u", "admin:wrong")
     assert code == 401
     srv.wait_log("AccountName=admin Protocol=http")
@@ -127,7 +134,7 @@ def test_management_api_with_curl(http):
     code, body = curl(base + "/metrics", *admin)
     assert code == 200
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
-    assert {s.labels["listener"] for s in families["stalwart_connections"].samples} == {"http"}
+    assert {s.labels["listener"] for s in families["stalwart_connections"].samples} == {"http", "https"}
     assert families["stalwart_workers"].samples
 
     def value(name, **labels):
@@ -137,6 +144,7 @@ def test_management_api_with_curl(http):
     assert value("stalwart_sessions_total", protocol="http") >= 20
     assert value("stalwart_connections_refused_total", listener="http", reason="blocked") >= 6
     assert value("stalwart_bans_total", category="portScanning") >= 1  # the banned path
+    assert value("stalwart_tls_handshakes_total", listener="https", result="ok") >= 1
 
     code, body = curl(base + "/api/reload", *admin, "-X", "POST")
     assert code == 200, body
