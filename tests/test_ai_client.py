@@ -102,7 +102,10 @@ def test_header_assembly_order_and_basic_auth():
 
 
 @pytest.mark.parametrize("headers, needle", [({"Bad Name": "x"}, "Invalid header name"),
-                                             ({"X-Ok": "a\r\nInjected: 1"}, "Invalid header value")])
+                                             ({"X-Ok": "a\r\nInjected: 1"}, "Invalid header value"),
+                                             ({"X-Ok": "caf\u00e9"}, "Invalid header value"),
+                                             ({"Host": "evil"}, "set by the HTTP client"),
+                                             ({"content-length": "0"}, "set by the HTTP client")])
 def test_invalid_header_is_a_build_error(headers, needle):
     with pytest.raises(ConfigError) as exc:
         client_for("http://127.0.0.1:1/", httpHeaders=headers)

@@ -34,7 +34,12 @@ RETRY_DELAY = 0.25  # s before the single retry when the server gives no Retry-A
 ERROR_BODY_LIMIT = 512  # characters of a failed answer's body quoted in the error
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 §5.6.2 field-name
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 §5.5: no CR, LF, NUL or controls
+# RFC 9110 §5.5: no CR, LF, NUL or other controls; obs-text (non-ASCII) is refused as well, since
+# servers disagree on its charset.
+_BAD_VALUE = re.compile(r"[^\x09\x20-\x7e]")
+# Framing headers belong to the HTTP client: a second Host or Content-Length would make the
+# request ambiguous (RFC 9112 §6.3, request smuggling).
+_RESERVED = frozenset({"host", "content-length", "transfer-encoding", "connection", "te", "upgrade"})
 
 
 class AiError(StalwartError):
@@ -96,6 +101,8 @@ def build_headers(model: AiModel, path: str) -> list[tuple[str, str]]:
         name, value = raw_name.strip(), raw_value.strip()
         if not _TOKEN.match(name):
             raise ConfigError(f"{path}.httpHeaders", f"Invalid header name {raw_name!r}")
+        if name.lower() in _RESERVED:
+            raise ConfigError(f"{path}.httpHeaders", f"Invalid header {name!r}: it is set by the HTTP client")
         if _BAD_VALUE.search(value):
             raise ConfigError(f"{path}.httpHeaders", f"Invalid header value for {name!r}")
         headers = [(k, v) for k, v in headers if k.lower() != name.lower()]
@@ -108,7 +115,7 @@ def build_headers(model: AiModel, path: str) -> list[tuple[str, str]]:
     elif isinstance(auth, BearerAuth):
         secret = resolve(auth.bearer_token, f"{path}.httpAuth.bearerToken") or ""
         if _BAD_VALUE.search(secret):
-            raise ConfigError(f"{path}.httpAuth.bearerToken", "Invalid bearer token (control characters)")
+            raise ConfigError(f"{path}.httpAuth.bearerToken", "Invalid bearer token (control or non-ASCII characters)")
         token = f"Bearer {secret}"
     if token is not None:
         headers = [(k, v) for k, v in headers if k.lower() != "authorization"]

@@ -238,6 +238,9 @@ class HttpClient:
                 elif isinstance(event, h11.ConnectionClosed):
                     raise HttpError(f"{origin.host_header} closed the connection before answering",
                                     sent=got_bytes or not reused)
+        except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
+            # Headers h11 cannot send (callers validate them; this keeps a slip from escaping).
+            raise HttpError(f"request to {origin.host_header} could not be encoded: {exc}", sent=False) from None
         except h11.RemoteProtocolError as exc:
             if not got_bytes and reused:
                 raise HttpError(f"{origin.host_header} closed the connection", sent=False) from None
