@@ -154,7 +154,8 @@ class HttpService:
             return ClientAddress(ctx.remote_ip, peer, exempt=ctx.extra.get("exempt", False))
         found = attribute(headers, ctx.remote_ip, peer, trusted)
         if found.missing:
-            events.emit("http.x-forwarded-missing", SpanId=ctx.span_id, RemoteIp=ctx.remote_ip)
+            # debug: a load balancer's health checks carry no forwarding header, every few seconds
+            events.emit("http.x-forwarded-missing", level="debug", SpanId=ctx.span_id, RemoteIp=ctx.remote_ip)
         return found
 
     def respond(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes,
