@@ -195,3 +195,13 @@ def test_any_answer_parses_and_gives_a_safe_header(answer, sep):
 def test_any_message_bytes_classify_without_raising(data):
     result = asyncio.run(classify(data, stub("Legitimate,High,ok")))
     assert result.status in ("classified", "failed", "skipped")
+
+
+def test_an_unexpected_fault_in_the_model_path_still_fails_open():
+    class Broken(StubClient):
+        async def ask(self, prompt, temperature=None, timeout=None):
+            raise RuntimeError("bug")
+
+    result = asyncio.run(classify(PLAIN, Classifier(settings_(), Broken(""))))
+    assert result.status == "failed"
+    assert result.header() == b"X-Spam-LLM: UNCLASSIFIED; reason=error (internal error \\(RuntimeError\\))\r\n"

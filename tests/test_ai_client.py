@@ -437,3 +437,9 @@ def test_retry_after_forms():
     later = email.utils.formatdate(time.time() + 60, usegmt=True)
     assert 55 <= retry_after(resp(later)) <= 61
     assert retry_after(resp(email.utils.formatdate(time.time() - 60, usegmt=True))) == 0.0
+
+
+def test_malformed_host_name_is_a_transport_error():
+    c = client_for("http://a..b/v1/chat/completions", timeout=2000)
+    with pytest.raises(AiTransportError):
+        asyncio.run(c.ask("x"))

@@ -284,6 +284,10 @@ async def classify(message: bytes, classifier: Classifier) -> Classification:
         return failed(f"error: {exc}")
     except StalwartError as exc:
         return failed(f"error: {exc}")
+    except Exception as exc:  # noqa: BLE001 — fail open: a fault here must never cost a message
+        events.emit("ai.classification", level="error", Id=name, Reason="internal error",
+                    Details=f"{type(exc).__name__}: {exc}")
+        return failed(f"error: internal error ({type(exc).__name__})")
     events.emit("ai.llm-response", Id=name, Value=prompt[:200], Details=answer.text[:500],
                 Elapsed=answer.elapsed_ms, **answer.event_keys())
     category, confidence, explanation = parse_answer(classifier, answer.text)

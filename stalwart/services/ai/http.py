@@ -144,6 +144,8 @@ class HttpClient:
         except OSError as exc:
             raise HttpError(f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}",
                             sent=False) from None
+        except (UnicodeError, ValueError) as exc:  # getaddrinfo's IDNA step on a malformed host name
+            raise HttpError(f"cannot connect to {origin.host}:{origin.port}: {exc}", sent=False) from None
         self.connections_opened += 1
         return _Connection(reader, writer)
 
