@@ -192,8 +192,11 @@ class CountingServer(asyncio.DatagramProtocol):
         if self.ad:
             resp.flags |= dns.flags.AD
         data = self.zone.get((name, rtype))
+        cname = self.zone.get((name, "CNAME"))
         if data:
             resp.answer.append(dns.rrset.from_text_list(name, self.ttl, "IN", rtype, data))
+        elif cname:  # the CNAME alone, as an authoritative server for another zone answers
+            resp.answer.append(dns.rrset.from_text_list(name, self.ttl, "IN", "CNAME", cname))
         else:
             if not any(n == name for n, _ in self.zone):
                 resp.set_rcode(dns.rcode.NXDOMAIN)
