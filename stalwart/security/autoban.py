@@ -449,10 +449,11 @@ class AutoBan:
                     Details=f"banned {banned}" + (f" until {int(expires)}" if expires else ""))
         if conn is not None:
             events.emit("network.closed", SpanId=conn.span, Reason="Address banned")
-            if cat in (AUTH, SCAN) and not keys.get("Path"):
+            http = getattr(conn.core, "event_group", "") == "http"
+            if (cat == SCAN and not keys.get("Path")) or (cat == AUTH and not http):
                 conn.abort()  # §4: close, no reply
             else:
-                # §4: the 550 / 421 / 403 of the triggering request is written first.
+                # §4: the 550 / 421 / 403 / 429 of the triggering request is written first.
                 self.worker.loop.call_soon(conn.close)
         self._epoch = self.bans.epoch()
         self._close_banned(conn)
