@@ -127,11 +127,16 @@ def cli_main(argv: list[str] | None = None) -> int:
     from .services.dns.commands import add_dns_parser, run as dns_run
 
     add_dns_parser(sub, _common)
+    from .services.acme.commands import add_acme_parser, run as acme_run
+
+    add_acme_parser(sub, _common)
     args = parser.parse_args(argv)
     if args.command == "geo":
         return geo_run(args, _data_dir(args))
     if args.command == "dns":
         return dns_run(args)
+    if args.command == "acme":
+        return acme_run(args, _data_dir(args))
     if args.command == "ai":
         from .services.ai.commands import ask as ai_ask
 

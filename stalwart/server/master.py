@@ -31,6 +31,7 @@ from ..protocols.http.metrics import MetricsTable
 from ..security.admin import AccessAdmin
 from ..security.autoban import SharedSecurity
 from ..security.store import KINDS, AccessStore
+from ..services.acme.scheduler import AcmeScheduler
 from ..services.geo.manager import GeoRefresher
 from ..tls.store import CertificateStore
 from .worker import ACCESS_EPOCH, CERT_EPOCH
@@ -107,6 +108,7 @@ class Master:
         self._wake_r = self._wake_w = -1
         self.config: Config | None = None
         self.geo: GeoRefresher | None = None  # ASN/GeoIP tables: schedule and refresh helper
+        self.acme: AcmeScheduler | None = None  # ACME renewals: schedule and order helper (tls.md §7)
         self.access: AccessStore | None = None
         self.access_admin: AccessAdmin | None = None
         self.security: SharedSecurity | None = None  # auto-ban tables, shared with every worker
@@ -193,6 +195,9 @@ class Master:
         # Last good ASN/GeoIP tables serve at once; due ones are rebuilt by a helper process.
         self.geo = GeoRefresher(self.data_dir)
         self.geo.configure(cfg.Asn)
+        # Issued certificates go live through the same path as `stalwart-cli reload-certificates`.
+        self.acme = AcmeScheduler(self.data_dir, self.reload_certificates)
+        self.acme.configure(cfg)
         self._install_signals()
         self.sel.register(self.control.sock, selectors.EVENT_READ, "control")
         with open(os.path.join(self.data_dir, "stalwartd.pid"), "w") as fh:
@@ -444,6 +449,7 @@ class Master:
             self._check_heartbeats()
             self._maintain()
             self.geo.tick()
+            self.acme.tick()
             self.access_admin.purge()
             if self.security.persist(self.access):
                 self.table.bump_epoch(ACCESS_EPOCH)  # HTTP per-request checks read the lists
@@ -560,6 +566,7 @@ class Master:
         self.generation = new
         self.config = cfg
         self.geo.configure(cfg.Asn)
+        self.acme.configure(cfg)
         old.retiring = True
         now = time.monotonic()
         for proc in old.workers.values():
@@ -611,6 +618,8 @@ class Master:
             self.control.reply(conn, reply)
         elif kind == "geo" and action:
             self.control.reply(conn, self.geo.command(action, req))
+        elif kind == "acme" and action:
+            self.control.reply(conn, self.acme.command(action, req))
         elif cmd == "reload":
             ok, message = self.reload()
             self.control.reply(conn, {"ok": ok, "message" if ok else "error": message})
@@ -653,6 +662,8 @@ class Master:
             self.control.close()
         if self.geo is not None:
             self.geo.close()
+        if self.acme is not None:
+            self.acme.close()
         if self.access is not None:
             self.access.close()
         try:

@@ -309,6 +309,29 @@ def read_sources(objects: Sequence) -> list[tuple[str, str, str | None, str | No
     return out
 
 
+def read_directory(directory: str | None) -> list[tuple[str, str, str | None, str | None, CertificateError | None]]:
+    """Certificates installed as files (``*.pem``: chain then key, as ACME writes them to
+    ``<data-dir>/acme/certs``), in the :func:`read_sources` shape, sorted by file name. Their id is
+    ``file:<name>`` and their path the file's; a missing directory holds none."""
+    if directory is None:
+        return []
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".pem") and not n.startswith("."))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            out.append((f"file:{name[:-4]}", path, None, None, CertificateError(path, f"unreadable: {exc}")))
+            continue
+        out.append((f"file:{name[:-4]}", path, text, text, None))
+    return out
+
+
 def sources_digest(sources: Iterable[tuple]) -> str:
     h = hashlib.sha256()
     for cert_id, _path, chain_text, key_text, error in sources:
@@ -318,12 +341,13 @@ def sources_digest(sources: Iterable[tuple]) -> str:
     return h.hexdigest()
 
 
-def load_certificates(objects: Sequence, now: float) -> LoadResult:
-    """Parse every Certificate object, logging the ones that are skipped (tls.md §4, §8).
+def load_certificates(objects: Sequence, now: float, extra: Sequence[tuple] = ()) -> LoadResult:
+    """Parse every Certificate object, then the ``extra`` sources (:func:`read_directory`), logging
+    the ones that are skipped (tls.md §4, §8).
 
     One broken or expired certificate never prevents the others from loading.
     """
-    sources = read_sources(objects)
+    sources = read_sources(objects) + list(extra)
     kept: list[ParsedCertificate] = []
     expired: list[ParsedCertificate] = []
     failed: list[CertificateError] = []

@@ -22,6 +22,7 @@ Driver use::
 """
 from __future__ import annotations
 
+import os
 import ssl
 import time
 import weakref
@@ -38,6 +39,7 @@ from .certs import (
     ParsedCertificate,
     SelfSignedCache,
     load_certificates,
+    read_directory,
     read_sources,
     self_signed_names,
     sources_digest,
@@ -88,6 +90,9 @@ class CertificateStore:
         self._clock = clock
         self._kernel = kernel or sslctx_kernel()
         self._self_signed = SelfSignedCache(data_dir)
+        # Certificates installed as files by ACME (tls.md §7.2 step 8): read with the Certificate
+        # objects on every rebuild and watched by reload_if_changed like File sources.
+        self._cert_dir = os.path.join(os.fspath(data_dir), "acme", "certs") if data_dir is not None else None
         self._generation: TlsGeneration | None = None
         self._count = 0
         # Filled by the SNI callbacks; entries vanish with their SSLObject.
@@ -116,7 +121,7 @@ class CertificateStore:
                 policies[listener.name] = (listener, TlsPolicy.from_listener(listener, f"$.NetworkListener[{i}]"))
         distinct = list(dict.fromkeys(p for _l, p in policies.values()))
 
-        loaded = load_certificates(config.Certificate, now)
+        loaded = load_certificates(config.Certificate, now, read_directory(self._cert_dir))
         certificates, refused, per_policy = self._certificate_contexts(loaded, distinct)
         host = self._hostname or config_hostname(config)
         fallback = self._self_signed.get(self_signed_names(host, certificates), now, host)
@@ -205,9 +210,10 @@ class CertificateStore:
         return generation
 
     def sources_changed(self) -> bool:
-        """Whether a ``File`` or ``EnvironmentVariable`` certificate source now reads differently."""
+        """Whether a ``File`` or ``EnvironmentVariable`` certificate source, or an installed
+        certificate file (``<data_dir>/acme/certs``), now reads differently."""
         gen = self.generation
-        return sources_digest(read_sources(gen.config.Certificate)) != gen.digest
+        return sources_digest(read_sources(gen.config.Certificate) + read_directory(self._cert_dir)) != gen.digest
 
     def reload_if_changed(self) -> bool:
         """Rebuild from the current configuration when a certificate source changed (tls.md §5:

@@ -1,0 +1,65 @@
+"""The ACME helper process: ``python -m stalwart.services.acme.helper`` runs one renewal.
+
+The master never blocks on the network (STYLE.md "The master"), so :class:`~.scheduler.AcmeScheduler`
+starts this helper with one JSON request on stdin::
+
+    {"config": <the running configuration>, "dataDir": "...", "domain": "example.org", "force": false}
+
+and reads one JSON line back: ``{"ok": true, "result": {...}}`` (see :func:`.renewal.renew`) or
+``{"ok": false, "error": "...", "kind": "...", "temporary": bool, "retryAfter": seconds|null}``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import msgspec
+
+from ... import events
+
+from ...config import loader
+from ...errors import StalwartError
+from ...tls.certs import CertificateError
+from .client import AcmeError
+from .renewal import renew
+
+
+def run(request: dict) -> dict:
+    try:
+        cfg = loader.parse_bytes(msgspec.json.encode(request["config"]), source="<acme helper>")
+        result = asyncio.run(renew(cfg, request["domain"], request["dataDir"], force=bool(request.get("force"))))
+        return {"ok": True, "result": result}
+    except AcmeError as exc:
+        return {"ok": False, "error": str(exc), "kind": exc.kind, "temporary": exc.temporary,
+                "retryAfter": exc.retry_after}
+    except CertificateError as exc:
+        return {"ok": False, "error": f"issued certificate unusable: {exc}", "kind": "Crypto", "temporary": False,
+                "retryAfter": None}
+    except StalwartError as exc:
+        return {"ok": False, "error": str(exc), "kind": "Invalid", "temporary": False, "retryAfter": None}
+    except Exception as exc:  # noqa: BLE001 - reported to the master, which keeps the schedule
+        return {"ok": False, "error": f"internal error: {exc!r}", "kind": "Internal", "temporary": True,
+                "retryAfter": None}
+
+
+class _ForwardedLog(events.EventLog):
+    """Events of the helper go to the master as JSON lines, which logs them in its own log."""
+
+    def emit(self, event: str, level: str | None = None, **keys) -> None:
+        line = {"event": event, "level": level, "keys": {k: v if isinstance(v, (int, float, bool)) else str(v)
+                                                          for k, v in keys.items()}}
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+
+
+def main() -> int:
+    events._log = _ForwardedLog()  # the helper's only log is its master's
+    request = json.loads(sys.stdin.read())
+    sys.stdout.write(json.dumps(run(request)) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""ACME against Let's Encrypt's pebble (Debian ``pebble``): real orders, real validation of our
+listeners, live installation (tls.md §7, anchors.md §5)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from acme_util import HAVE_PEBBLE, Pebble
+from harness import Server, free_port, listener
+from stalwart.services.acme.challenges import ChallengeStore, Http01Solver
+from stalwart.services.acme.client import AcmeClient, AcmeProblem, ChallengeNotSupported
+from stalwart.services.acme.http import HttpClient
+from stalwart.services.acme.jws import AccountKey, b64u
+
+pytestmark = pytest.mark.skipif(not HAVE_PEBBLE, reason="pebble is not installed (scripts/test-deps)")
+
+
+@pytest.fixture
+def pebble_factory(tmp_path):
+    started = []
+
+    def make(**kwargs) -> Pebble:
+        peb = Pebble(str(tmp_path / f"pebble{len(started)}"), **kwargs).start()
+        started.append(peb)
+        return peb
+
+    yield make
+    for peb in started:
+        peb.stop()
+
+
+def presented_chain(port: int, sni: str, alpn: list[str] | None = None) -> list[x509.Certificate]:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=sni) as tls:
+            return [x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))]
+
+
+def cli(data_dir: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "import sys; from stalwart.cli import cli_main; sys.exit(cli_main())",
+                           "--data-dir", data_dir, *args], capture_output=True, text=True, timeout=20)
+
+
+def leaf_fingerprint(path: str) -> str:
+    with open(path, "rb") as fh:
+        return x509.load_pem_x509_certificates(fh.read())[0].fingerprint(hashes.SHA256()).hex()
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not within {timeout} s")
+
+
+def server_config(http_port: int, tls_port: int, provider: dict, domain: dict) -> dict:
+    return {"SystemSettings": {"defaultHostname": "mail.example.test", "threadPoolSize": 2},
+            "NetworkListener": [listener("http", "http", http_port, useTls=False),
+                                listener("https", "http", tls_port, tlsImplicit=True)],
+            "AcmeProvider": [provider], "Domain": [domain]}
+
+
+def test_account_and_bad_nonce_retry_direct(pebble_factory, tmp_path):
+    """A rejected nonce is retried at once with the nonce of the error response (tls.md §7.4):
+    a bogus held nonce is refused by pebble with badNonce, the request still succeeds."""
+    peb = pebble_factory()
+
+    async def go():
+        client = AcmeClient(peb.directory_url, AccountKey.generate(), HttpClient(ca_file=peb.ca_file))
+        client.configure_account(["mailto:admin@example.test"])
+        uri = await client.register()
+        for _ in range(3):
+            client._nonces[:] = ["bm90LWEtbm9uY2U"]  # never issued by pebble
+            resp = await client.post(uri, None)
+            assert resp.status == 200 and json.loads(resp.body)["status"] == "valid"
+        await client.update_contact(["mailto:other@example.test"])
+        doc, _ = await client.get(uri)
+        return uri, doc
+
+    uri, doc = asyncio.run(go())
+    assert uri.startswith(f"https://127.0.0.1:{peb.port}/")
+    assert doc["contact"] == ["mailto:other@example.test"]
+
+
+def test_external_account_binding(pebble_factory):
+    mac = b64u(b"0123456789abcdef0123456789abcdef")
+    peb = pebble_factory(eab={"kid-1": mac})
+
+    async def go(with_eab: bool):
+        client = AcmeClient(peb.directory_url, AccountKey.generate(), HttpClient(ca_file=peb.ca_file))
+        client.configure_account(["mailto:admin@example.test"], ("kid-1", mac) if with_eab else None)
+        return await client.register()
+
+    assert asyncio.run(go(True))
+    with pytest.raises(AcmeProblem) as info:
+        asyncio.run(go(False))
+    assert info.value.type.endswith("externalAccountRequired")
+
+
+def test_unsupported_challenge_is_permanent(pebble_factory, tmp_path):
+    peb = pebble_factory()
+
+    class Nope(Http01Solver):
+        type = "carrier-pigeon-01"
+
+    async def go():
+        client = AcmeClient(peb.directory_url, AccountKey.generate(), HttpClient(ca_file=peb.ca_file))
+        client.configure_account(["mailto:admin@example.test"])
+        await client.issue(["x.example.test"], Nope(ChallengeStore(str(tmp_path))))
+
+    with pytest.raises(ChallengeNotSupported) as info:
+        asyncio.run(go())
+    assert not info.value.temporary
+
+
+@pytest.mark.slow
+def test_http01_issue_and_live_install(pebble_factory, tmp_path):
+    """HTTP-01 end to end: stalwartd orders, pebble fetches /.well-known/acme-challenge/<token> from
+    our plain HTTP listener, and the next handshake on the TLS listener presents the issued leaf."""
+    http_port, tls_port = free_port(), free_port()
+    peb = pebble_factory(http_port=http_port, tls_port=tls_port)
+    provider = {"id": "pebble", "directory": peb.directory_url, "challengeType": "Http01",
+                "contact": ["admin@example.test"], "caFile": peb.ca_file}
+    domain = {"name": "example.test", "certificateManagement": {"@type": "Automatic", "acmeProviderId": "pebble",
+                                                                 "subjectAlternativeNames": ["mail", "imap"]}}
+    srv = Server(tmp_path / "srv", server_config(http_port, tls_port, provider, domain)).start()
+    try:
+        before = presented_chain(tls_port, "mail.example.test")[0].fingerprint(hashes.SHA256()).hex()
+        srv.wait_log("acme.certificate-issued", timeout=60)
+        cert_file = os.path.join(srv.data_dir, "acme", "certs", "example.test.pem")
+        issued = leaf_fingerprint(cert_file)
+        assert issued != before
+        for sni in ("mail.example.test", "imap.example.test"):
+            wait_for(lambda: presented_chain(tls_port, sni)[0].fingerprint(hashes.SHA256()).hex() == issued, 10,
+                     f"issued certificate served for {sni}")
+        with open(cert_file, "rb") as fh:
+            chain = x509.load_pem_x509_certificates(fh.read())
+        assert len(chain) >= 2 and "Pebble Intermediate" in chain[0].issuer.rfc4514_string()
+        sans = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sorted(sans.get_values_for_type(x509.DNSName)) == ["imap.example.test", "mail.example.test"]
+        # State survives: account, order and schedule on disk; status through the CLI.
+        assert os.path.exists(os.path.join(srv.data_dir, "acme", "accounts", "pebble.json"))
+        out = cli(srv.data_dir, "acme", "status")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("example.test") and "issued" in out.stdout, out.stdout
+        # A renewal on request issues a new certificate, installed live again.
+        out = cli(srv.data_dir, "acme", "renew", "example.test")
+        assert out.returncode == 0, out.stderr + out.stdout
+        srv.wait_log("acme.certificate-issued", timeout=60, count=2)
+        renewed = leaf_fingerprint(cert_file)
+        assert renewed != issued
+        wait_for(lambda: presented_chain(tls_port, "mail.example.test")[0].fingerprint(hashes.SHA256()).hex()
+                 == renewed, 10, "renewed certificate served")
+    finally:
+        srv.stop()
+    # A restart neither re-orders (the schedule on disk says when the certificate is due) nor
+    # loses the certificate: it is served from the data directory at once.
+    srv.start()
+    try:
+        time.sleep(3)
+        log = srv.log()
+        assert log.count("acme.renewal-start") == 2 and log.count("acme.certificate-issued") == 2, log
+        assert presented_chain(tls_port, "mail.example.test")[0].fingerprint(hashes.SHA256()).hex() == renewed
+    finally:
+        srv.stop()
