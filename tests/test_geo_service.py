@@ -223,6 +223,18 @@ def test_last_good_data_survives_a_restart(server, tmp_path):
     ref.close()
 
 
+def test_removed_sources_remove_their_table(server, tmp_path):
+    ref = GeoRefresher(str(tmp_path))
+    ref.configure(resource(server))
+    run_helper(ref)
+    assert os.path.exists(table_path(str(tmp_path), "country"))
+    ref.configure(resource(server, geoUrls=[]))
+    assert not os.path.exists(table_path(str(tmp_path), "country"))
+    assert ref.command("lookup", {"address": "1.0.0.1"})["country"] is None
+    assert ref.command("lookup", {"address": "1.0.0.1"})["asn"] == 13335
+    ref.close()
+
+
 def test_mmdb_change_triggers_rebuild(tmp_path):
     db = str(tmp_path / "asn.mmdb")
     write_database(db, [(int(ipaddress.IPv4Address("1.0.0.0")), int(ipaddress.IPv4Address("1.0.0.255")),

@@ -86,7 +86,12 @@ class GeoRefresher:
             srcs = sources(cfg, kind)
             fp = fingerprint(srcs)
             if not srcs:
+                # The operator removed this kind's sources: its old table must not keep answering.
                 st.due, st.fingerprint = float("inf"), fp
+                try:
+                    os.unlink(table_path(self.data_dir, kind))
+                except OSError:
+                    pass
                 continue
             if fp == st.fingerprint and type(old) is type(cfg) and st.due != float("inf"):
                 if _expires(old) != _expires(cfg) and st.failures == 0:
