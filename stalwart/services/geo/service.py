@@ -3,10 +3,12 @@
 How to use it (a worker, or the SMTP session that builds the ``Received:`` header)::
 
     geo = GeoService.from_config(cfg.Asn, data_dir)    # once per configuration generation
-    info = geo.lookup(packed_ip)                        # GeoInfo | None, never blocks, never raises
+    info = geo.lookup(packed_ip)                        # GeoInfo | None; never blocks, and never
+                                                        # raises for bytes input
     info = await geo.resolve(packed_ip)                 # same, and queries DNS for the Dns variant
 
-``packed_ip`` is ``socket.inet_pton`` output (4 or 16 bytes; IPv4-mapped IPv6 counts as IPv4).
+In a worker, ``cfg`` is ``plan.config`` and ``data_dir`` is ``plan.extra["data_dir"]`` (the master
+passes both to every generation). ``packed_ip`` is ``socket.inet_pton`` output (4 or 16 bytes; IPv4-mapped IPv6 counts as IPv4).
 ``info.received_comment()`` is the ``AS64500 EXAMPLE-NET, US`` inside the ``Received:`` header's
 ``(… [ip] (…))``; ``info.event_keys()`` gives ``Asn`` and ``Country`` for session log events;
 ``await geo.answer("192.0.2.1")`` is the JSON answer for a management endpoint.
