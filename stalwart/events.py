@@ -43,7 +43,27 @@ EVENT_LEVELS = {
 }
 
 
+class Sensitive:
+    """A value subscribers may read (``.value``) but no log line ever shows: printed as ``***``.
+
+    Sessions attach credentials to ``auth.failed`` this way so the security layer can recognise a
+    repeated stale password (security.md §3) without the password reaching a log.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "***"
+
+    __str__ = __repr__
+
+
 def _fmt(v: Any) -> str:
+    if isinstance(v, Sensitive):
+        return "***"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):

@@ -31,3 +31,15 @@ def test_reopen_moves_to_new_file(tmp_path):
     log.reopen()
     log.emit("server.stopped")
     assert "server.stopped" in path.read_text() and "server.stopped" not in (tmp_path / "log.1").read_text()
+
+
+def test_sensitive_values_never_reach_the_log(tmp_path):
+    from stalwart.events import Sensitive
+
+    log = EventLog("info", str(tmp_path / "log"))
+    seen = []
+    log.subscribe("auth.failed", lambda event, keys: seen.append(keys["Credential"].value))
+    log.emit("auth.failed", level="info", AccountName="bob", Credential=Sensitive(b"hunter2"))
+    assert seen == [b"hunter2"]
+    text = (tmp_path / "log").read_text()
+    assert "hunter2" not in text and "Credential=***" in text
