@@ -164,3 +164,41 @@ def test_kill_9_during_deliveries_leaves_only_whole_messages(tmp_path):
     for name in files:
         data = (new / name).read_bytes()
         assert data.endswith(b"THE END\r\n") and int(name.rsplit(",S=", 1)[1]) == len(data)
+
+
+def test_directory_fsyncs_are_shared_but_never_skipped(monkeypatch):
+    """Group commit: each caller returns only after an fsync that started after it asked, and
+    concurrent callers share fsyncs."""
+    from stalwart.mailstore import maildir as mod
+
+    clock = {"n": 0}
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def slow_fsync(path):
+        with lock:
+            clock["n"] += 1
+            started.append(clock["n"])
+            mark = clock["n"]
+        time.sleep(0.02)
+        return mark
+
+    monkeypatch.setattr(mod, "_fsync_dir", slow_fsync)
+    sync = mod._DirSync()
+    results = []
+
+    def caller():
+        with lock:
+            clock["n"] += 1
+            asked = clock["n"]
+        sync.sync("/x/new")
+        results.append((asked, max(started)))
+
+    threads = [threading.Thread(target=caller) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 20
+    assert all(last_fsync > asked for asked, last_fsync in results)
+    assert len(started) < 20  # shared
