@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from acme_util import HAVE_PEBBLE, Pebble
+from knot_util import HAVE_KNOT, Knot
 from harness import Server, free_port, listener
 from stalwart.services.acme.challenges import ChallengeStore, Http01Solver
 from stalwart.services.acme.client import AcmeClient, AcmeProblem, ChallengeNotSupported
@@ -180,3 +181,34 @@ def test_http01_issue_and_live_install(pebble_factory, tmp_path):
         assert presented_chain(tls_port, "mail.example.test")[0].fingerprint(hashes.SHA256()).hex() == renewed
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_KNOT, reason="knot is not installed (scripts/test-deps)")
+def test_dns01_wildcard_through_rfc2136(pebble_factory, tmp_path):
+    """DNS-01 end to end: the TXT value goes to Knot by a TSIG-signed UPDATE, pebble validates it by
+    asking Knot, the wildcard certificate goes live, and the challenge record is removed."""
+    knot = Knot(str(tmp_path / "knot")).start()
+    try:
+        http_port, tls_port = free_port(), free_port()
+        peb = pebble_factory(http_port=http_port, tls_port=tls_port, dns_server=f"127.0.0.1:{knot.port}")
+        provider = {"id": "pebble", "directory": peb.directory_url, "challengeType": "Dns01",
+                    "contact": ["admin@example.test"], "caFile": peb.ca_file}
+        domain = {"name": "example.test",
+                  "certificateManagement": {"@type": "Automatic", "acmeProviderId": "pebble"},
+                  "dnsManagement": {"@type": "Automatic", "dnsServerId": "knot"}}
+        cfg = server_config(http_port, tls_port, provider, domain)
+        cfg["DnsServer"] = [knot.server()]
+        srv = Server(tmp_path / "srv", cfg).start()
+        try:
+            srv.wait_log("acme.certificate-issued", timeout=60)
+            issued = leaf_fingerprint(os.path.join(srv.data_dir, "acme", "certs", "example.test.pem"))
+            for sni in ("example.test", "anything.example.test"):
+                wait_for(lambda: presented_chain(tls_port, sni)[0].fingerprint(hashes.SHA256()).hex() == issued, 10,
+                         f"wildcard certificate served for {sni}")
+            assert knot.txt("_acme-challenge.example.test") == []  # removed after validation
+            assert "dns.record-created" in srv.log()
+        finally:
+            srv.stop()
+    finally:
+        knot.stop()
