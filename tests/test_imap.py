@@ -194,3 +194,15 @@ def responses(out: bytes) -> list[bytes]:
             pos = nl + 2 + int(m.group(1))
         result.append(out[start:pos])
     return result
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=1500), st.booleans())
+def test_random_bytes_after_login(tmp_path_factory, data, select):
+    d = tmp_path_factory.mktemp("r")
+    seed(d, 1)
+    core = imap(d)
+    drive(core, [b"l LOGIN jane jane-secret\r\n" + (b"s SELECT INBOX\r\n" if select else b"")])
+    out = replies(drive(core, [data[i:i + 61] for i in range(0, len(data), 61)] + [b"\r\n"]))
+    for response in responses(out):
+        assert re.match(rb"^(\* |\+|[\x21-\x7e]+ (OK|NO|BAD) )", response), response

@@ -84,3 +84,12 @@ def test_random_command_sequences(tmp_path_factory, seq):
     core = sieve(tmp_path_factory.mktemp("m"))
     out = replies(drive(core, [b"".join(c + b"\r\n" for c in seq)]))
     assert out == b"" or out.endswith(b"\r\n")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=1500))
+def test_random_bytes_after_auth(tmp_path_factory, data):
+    core = sieve(tmp_path_factory.mktemp("r"))
+    drive(core, [AUTH])
+    out = replies(drive(core, [data[i:i + 47] for i in range(0, len(data), 47)] + [b"\r\n"]))
+    assert out == b"" or (out.endswith(b"\r\n") and out[:1] in (b"O", b"N", b"B", b'"', b"{", b"\r"))

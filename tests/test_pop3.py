@@ -110,3 +110,14 @@ def test_random_command_sequences(tmp_path_factory, seq):
     assert out == b"" or (out[:1] in (b"+", b"-") and out.endswith(b"\r\n"))
     if seq and not core.closed and core._sasl is None:
         assert replies(drive(core, [b"NOOP\r\n"])) == b"+OK\r\n"  # the session is still usable
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=1500))
+def test_random_bytes_after_login(tmp_path_factory, data):
+    d = tmp_path_factory.mktemp("r")
+    seed(d, MSG1)
+    core = pop3(d)
+    drive(core, [b"USER jane\r\nPASS jane-secret\r\n"])
+    out = replies(drive(core, [data[i:i + 53] for i in range(0, len(data), 53)] + [b"\r\n"]))
+    assert out == b"" or (out[:1] in (b"+", b"-") and out.endswith(b"\r\n"))

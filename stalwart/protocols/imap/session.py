@@ -384,6 +384,9 @@ class ImapSession(LineSession):
     def _cmd_no_mailboxes(self, tag: str, toks: list) -> None:
         self._send(f"{tag} NO [CANNOT] Only INBOX is available on this server.\r\n".encode())
 
+    def _cmd_append(self, tag: str, toks: list) -> None:
+        self._send(f"{tag} NO [CANNOT] APPEND is not supported; mail arrives through SMTP and LMTP.\r\n".encode())
+
     def _cmd_subscribe(self, tag: str, toks: list) -> None:
         if len(toks) == 1 and self._mailbox(toks[0]) is not None:
             self._ok(tag, "SUBSCRIBE completed.")
@@ -615,7 +618,7 @@ class ImapSession(LineSession):
         "STARTTLS": _cmd_starttls, "LOGIN": _cmd_login, "AUTHENTICATE": _cmd_authenticate,
         "ENABLE": _cmd_enable, "LIST": _cmd_list, "LSUB": _cmd_lsub, "SELECT": _cmd_select, "EXAMINE": _cmd_examine,
         "STATUS": _cmd_status, "CREATE": _cmd_no_mailboxes, "DELETE": _cmd_no_mailboxes, "RENAME": _cmd_no_mailboxes,
-        "APPEND": _cmd_no_mailboxes, "SUBSCRIBE": _cmd_subscribe, "UNSUBSCRIBE": _cmd_subscribe,
+        "APPEND": _cmd_append, "SUBSCRIBE": _cmd_subscribe, "UNSUBSCRIBE": _cmd_subscribe,
         "COPY": _cmd_no_mailboxes, "MOVE": _cmd_no_mailboxes,
         "FETCH": _cmd_fetch, "STORE": _cmd_store, "SEARCH": _cmd_search, "EXPUNGE": _cmd_expunge,
         "CLOSE": _cmd_close, "UNSELECT": _cmd_unselect, "CHECK": _cmd_check, "IDLE": _cmd_idle,
