@@ -193,3 +193,17 @@ def test_cli_dns_lookup(tmp_path):
         assert cli("SRV", "a.example.test").returncode == 2
     finally:
         server.stop()
+
+
+def test_bad_names_are_refused_and_not_cached():
+    async def go():
+        server = await CountingServer({}).start()
+        try:
+            r = make(server)
+            for bad in ("a..example.test", "x" * 64 + ".test", ".".join(["abcdefgh"] * 40)):
+                with pytest.raises(ValueError):
+                    await r.ipv4(bad)
+            assert server.queries == {} and len(r.caches.cache("dnsIpv4")) == 0
+        finally:
+            server.close()
+    asyncio.run(go())

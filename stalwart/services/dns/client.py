@@ -240,9 +240,16 @@ class DnsClient:
     async def query(self, name: str | dns.name.Name, rdtype: str | dns.rdatatype.RdataType, *,
                     dnssec: bool = False) -> Answer:
         """One resolution: the :class:`Answer` for ``name``/``rdtype``, or
-        :class:`NegativeAnswer`, or :class:`DnsError` when no upstream gave a usable answer.
+        :class:`NegativeAnswer`, or :class:`DnsError` when no upstream gave a usable answer;
+        ValueError for a name that is not a valid domain name (RFC 1035 §2.3.4 limits).
         ``dnssec`` sets the DO bit so that a validating upstream reports AD."""
-        qname = name if isinstance(name, dns.name.Name) else dns.name.from_text(name)
+        if isinstance(name, dns.name.Name):
+            qname = name
+        else:
+            try:
+                qname = dns.name.from_text(name)
+            except dns.exception.DNSException as exc:  # empty or too long labels, bad escapes
+                raise ValueError(f"{name!r} is not a valid domain name: {exc}") from None
         rdtype = dns.rdatatype.RdataType.make(rdtype)
         target, chain, ttl, secure = qname, (), None, True
         while True:

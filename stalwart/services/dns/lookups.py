@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,8 +103,15 @@ _TLSA_MATCHING = (0, 1, 2)
 
 
 def normalise(name: str) -> str:
-    """Cache key of a name: IDNA-encoded, lower-cased, with a trailing dot."""
-    return dns.name.from_text(name.strip()).to_text().lower()
+    """Cache key of a name: IDNA-encoded, lower-cased, with a trailing dot.
+
+    Plain ASCII names (the usual case on the hit path) are only lower-cased and dotted: the
+    query made on a miss parses the key with ``dns.name.from_text``, which rejects bad names."""
+    name = name.strip()
+    if name.isascii() and "\\" not in name and name not in ("", "."):
+        key = name.lower()
+        return key if key.endswith(".") else key + "."
+    return dns.name.from_text(name).to_text().lower()
 
 
 class Resolver:
@@ -118,13 +125,11 @@ class Resolver:
     def _cache(self, name: str) -> LoadingCache:
         return self.caches.loading(name)
 
-    async def _lookup(self, cache: str, key: Any, load: Callable[[Any], Any]) -> Any:
-        """The cached value, NEGATIVE for a cached negative answer, or a fresh load; an
-        uncacheable negative answer (no SOA) also comes back as NEGATIVE."""
-        try:
-            return await self._cache(cache).get_or_load(key, load, negative_for=self._negative_for)
-        except NegativeAnswer:
-            return NEGATIVE
+    def _lookup(self, cache: str, key: Any, load: Callable[[Any], Any]) -> Awaitable[Any]:
+        """Awaits to the cached value, NEGATIVE for a cached negative answer, or a fresh load.
+        An uncacheable negative answer (no SOA) raises NegativeAnswer, which callers turn into
+        "nothing". Not a coroutine itself: a cache hit costs one coroutine frame, not two."""
+        return self._cache(cache).get_or_load(key, load, negative_for=self._negative_for)
 
     async def _query_loaded(self, name: str, rdtype: str, convert: Callable[[Answer], Any],
                             dnssec: bool = False) -> Loaded:
@@ -134,14 +139,22 @@ class Resolver:
     # -- addresses ---------------------------------------------------------------------------
     async def ipv4(self, name: str) -> tuple[ipaddress.IPv4Address, ...]:
         """A records (RFC 1035 §3.4.1); empty when the name or the records do not exist."""
-        value = await self._lookup("dnsIpv4", normalise(name), lambda key: self._query_loaded(
-            key, "A", lambda a: tuple(ipaddress.IPv4Address(r.address) for r in a.records)))
+        key = normalise(name)
+        try:
+            value = await self._lookup("dnsIpv4", key, lambda key: self._query_loaded(
+                key, "A", lambda a: tuple(ipaddress.IPv4Address(r.address) for r in a.records)))
+        except NegativeAnswer:
+            return ()
         return () if value is NEGATIVE else value
 
     async def ipv6(self, name: str) -> tuple[ipaddress.IPv6Address, ...]:
         """AAAA records (RFC 3596 §2.2); empty when none exist."""
-        value = await self._lookup("dnsIpv6", normalise(name), lambda key: self._query_loaded(
-            key, "AAAA", lambda a: tuple(ipaddress.IPv6Address(r.address) for r in a.records)))
+        key = normalise(name)
+        try:
+            value = await self._lookup("dnsIpv6", key, lambda key: self._query_loaded(
+                key, "AAAA", lambda a: tuple(ipaddress.IPv6Address(r.address) for r in a.records)))
+        except NegativeAnswer:
+            return ()
         return () if value is NEGATIVE else value
 
     async def ips(self, name: str, limit: int = 10) -> tuple[IpAddress, ...]:
@@ -166,8 +179,11 @@ class Resolver:
             # order; RFC 5321 §5.1 has the caller pick at random within a group
             return tuple(MxGroup(p, tuple(sorted(groups[p]))) for p in sorted(groups))
 
-        value = await self._lookup("dnsMx", normalise(name),
-                                   lambda key: self._query_loaded(key, "MX", convert))
+        key = normalise(name)
+        try:
+            value = await self._lookup("dnsMx", key, lambda key: self._query_loaded(key, "MX", convert))
+        except NegativeAnswer:
+            return ()
         return () if value is NEGATIVE else value
 
     async def txt(self, name: str, kind: str = "records",
@@ -194,8 +210,10 @@ class Resolver:
             return TxtParseError(kind, "; ".join(reasons) or "no record")
 
         key = (normalise(name), kind)
-        value = await self._lookup("dnsTxt", key,
-                                   lambda k: self._query_loaded(k[0], "TXT", convert))
+        try:
+            value = await self._lookup("dnsTxt", key, lambda k: self._query_loaded(k[0], "TXT", convert))
+        except NegativeAnswer:
+            return None
         return None if value is NEGATIVE else value
 
     async def mta_sts(self, domain: str) -> MtaStsRecord | TxtParseError | None:
@@ -212,7 +230,10 @@ class Resolver:
             names = (r.target.to_text().lower() for r in answer.records)
             return tuple(n for n in dict.fromkeys(names) if n not in (".", ""))
 
-        value = await self._lookup("dnsPtr", addr, lambda _: self._query_loaded(rev, "PTR", convert))
+        try:
+            value = await self._lookup("dnsPtr", addr, lambda _: self._query_loaded(rev, "PTR", convert))
+        except NegativeAnswer:
+            return ()
         return () if value is NEGATIVE else value
 
     async def verified_ptr(self, ip: str | IpAddress, max_names: int = 3) -> str | None:
@@ -252,6 +273,8 @@ class Resolver:
             value = await self._lookup("dnsTlsa", normalise(name), load)
         except _Unvouched as exc:
             return exc.result
+        except NegativeAnswer:
+            return TlsaResult((), False)
         return TlsaResult((), False) if value is NEGATIVE else value
 
     async def rbl(self, ip: str | IpAddress, zone: str) -> ipaddress.IPv4Address | None:
@@ -270,8 +293,11 @@ class Resolver:
                 return ipaddress.IPv4Address("255.255.255.255")
             return ipaddress.IPv4Address(answer.records[0].address)
 
-        value = await self._lookup("dnsRbl", (zone_key, addr),
-                                   lambda _: self._query_loaded(qname, "A", convert))
+        try:
+            value = await self._lookup("dnsRbl", (zone_key, addr),
+                                       lambda _: self._query_loaded(qname, "A", convert))
+        except NegativeAnswer:  # NXDOMAIN without an SOA: not listed, not cached
+            return None
         return None if value is NEGATIVE else value
 
     # -- operators ---------------------------------------------------------------------------
