@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from stalwart.config import parse_bytes
-from stalwart.services.geo.dns import DnsAsn, DnspythonTxt, parse_records, query_name
+from stalwart.services.geo.dns import DnsAsn, DnsLookupError, DnspythonTxt, parse_records, query_name
 from stalwart.services.geo.info import GeoInfo
 from stalwart.services.geo.service import GeoService
 
@@ -119,7 +119,7 @@ def test_parse_records_rules():
 
 
 def test_lookups_through_a_real_dns_server(zone):
-    txt = DnspythonTxt([("127.0.0.1", zone.port)], timeout=2.0)
+    txt = DnspythonTxt([("127.0.0.1", zone.port)], timeout=5.0)
     geo = GeoService(dns_cfg(), "/nonexistent", txt)
 
     async def run():
@@ -142,7 +142,7 @@ def test_lookups_through_a_real_dns_server(zone):
 
 def test_cache_expires_with_the_ttl(zone):
     now = [1000.0]
-    resolver = DnsAsn(dns_cfg(), DnspythonTxt([("127.0.0.1", zone.port)], timeout=2.0), clock=lambda: now[0])
+    resolver = DnsAsn(dns_cfg(), DnspythonTxt([("127.0.0.1", zone.port)], timeout=5.0), clock=lambda: now[0])
     ip = ipaddress.ip_address("8.8.8.8")
     assert resolver.lookup_sync(ip, ip.packed).asn == 15169
     now[0] += 299
@@ -154,7 +154,7 @@ def test_cache_expires_with_the_ttl(zone):
 
 
 def test_reserved_addresses_are_never_queried(zone):
-    geo = GeoService(dns_cfg(), "/nonexistent", DnspythonTxt([("127.0.0.1", zone.port)], timeout=2.0))
+    geo = GeoService(dns_cfg(), "/nonexistent", DnspythonTxt([("127.0.0.1", zone.port)], timeout=5.0))
 
     async def run():
         return [await geo.resolve(p(a)) for a in
@@ -170,3 +170,38 @@ def test_unreachable_server_answers_none_and_caches_nothing():
         geo = GeoService(dns_cfg(), "/nonexistent", DnspythonTxt([("127.0.0.1", s.getsockname()[1])], timeout=0.3))
         assert asyncio.run(geo.resolve(p("8.8.8.8"))) is None
         assert geo.dns.cache == {}
+
+
+def whole_config(zone, timeout=3000, **asn):
+    return parse_bytes(msgspec.json.encode({
+        "DnsResolver": {"@type": "Custom", "servers": [{"protocol": "udp", "address": "127.0.0.1", "port": zone.port}],
+                        "timeout": timeout, "attempts": 0},
+        "Asn": {"@type": "Dns", "zoneIpV4": ZONE4, "zoneIpV6": ZONE6, "indexCountry": 2, **asn}}))
+
+
+def test_through_the_project_resolver_and_its_txt_cache(zone):
+    geo = GeoService.for_config(whole_config(zone), "/nonexistent")
+
+    async def run():
+        return [await geo.resolve(p(a)) for a in ("8.8.8.8", "8.8.8.8", "9.9.9.9", "9.9.9.9", "2001:4860::8888")]
+
+    assert asyncio.run(run()) == [GeoInfo(15169, None, "US")] * 2 + [None, None, GeoInfo(15169, None, "US")]
+    # Positive and NXDOMAIN answers both came from the dnsTxt cache the second time.
+    assert zone.queries.count("8.8.8.8.origin.asn.example.") == 1
+    assert zone.queries.count("9.9.9.9.origin.asn.example.") == 1
+    assert geo.dns.cache == {}  # no second copy in the geo layer
+    # The blocking path (control socket) makes its own resolver for each query.
+    assert geo.resolve_sync(p("1.0.0.1")) == GeoInfo(13335, None, "AU")
+
+
+def test_project_resolver_failure_answers_none():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))  # bound, never answers
+
+        class Silent:
+            port = s.getsockname()[1]
+
+        geo = GeoService.for_config(whole_config(Silent, timeout=300), "/nonexistent", sync_timeout=0.5)
+        assert asyncio.run(geo.resolve(p("8.8.8.8"))) is None
+        with pytest.raises(DnsLookupError):
+            geo.resolve_sync(p("8.8.8.8"))

@@ -72,15 +72,18 @@ def test_reload_to_dns_zone(tmp_path):
         assert out.returncode == 1 and "disabled" in out.stderr
         with TxtZone() as zone:
             zone.records["8.8.8.8.origin.asn.example."] = (300, [[b"15169 | 8.8.8.0/24 | US | arin"]])
-            # The master resolves with the OS configuration until the project resolver (issue 8)
-            # exists, so public addresses are not asked here (no traffic off loopback); TXT parsing
-            # and caching against this zone are covered in test_geo_dns.py.
-            srv.reload(config(port, {"@type": "Dns", "zoneIpV4": ZONE4, "zoneIpV6": ZONE6,
-                                     "indexAsn": 0, "indexCountry": 2}))
+            cfg = config(port, {"@type": "Dns", "zoneIpV4": ZONE4, "zoneIpV6": ZONE6, "indexAsn": 0, "indexCountry": 2})
+            # The project resolver, pointed at the loopback zone (no traffic leaves the machine).
+            cfg["DnsResolver"] = {"@type": "Custom", "timeout": 3000,
+                                  "servers": [{"protocol": "udp", "address": "127.0.0.1", "port": zone.port}]}
+            srv.reload(cfg)
             status = json.loads(cli(srv, "geo", "status").stdout)
             assert status["source"] == "Dns" and status["tables"] == {}
-            # Private addresses are never queried, whatever the resolver.
+            assert cli(srv, "geo", "lookup", "8.8.8.8").stdout.strip() == "8.8.8.8  AS15169  US"
+            assert cli(srv, "geo", "lookup", "8.8.4.4").stdout.strip() == "8.8.4.4  not found"  # NXDOMAIN
+            # Private addresses are never queried.
             assert cli(srv, "geo", "lookup", "10.0.0.1").stdout.strip() == "10.0.0.1  not found"
-            assert zone.queries == []
+            assert "1.0.0.10.origin.asn.example." not in zone.queries
+            assert zone.queries.count("8.8.8.8.origin.asn.example.") == 1
     finally:
         assert srv.stop() == 0

@@ -194,7 +194,7 @@ class Master:
         self.config = cfg
         # Last good ASN/GeoIP tables serve at once; due ones are rebuilt by a helper process.
         self.geo = GeoRefresher(self.data_dir)
-        self.geo.configure(cfg.Asn)
+        self.geo.configure(cfg)
         # Issued certificates go live through the same path as `stalwart-cli reload-certificates`.
         self.acme = AcmeScheduler(self.data_dir, self.reload_certificates)
         self.acme.configure(cfg)
@@ -565,7 +565,7 @@ class Master:
         removed = self.sockets.commit(cfg, sockets)
         self.generation = new
         self.config = cfg
-        self.geo.configure(cfg.Asn)
+        self.geo.configure(cfg)
         self.acme.configure(cfg)
         old.retiring = True
         now = time.monotonic()

@@ -5,9 +5,9 @@
 ``15169 | 8.8.8.0/24 | US | arin | 2023-12-28``; the fields are split on ``separator`` and picked
 by ``indexAsn``, ``indexAsnName`` and ``indexCountry``.
 
-The TXT query goes through the small :class:`TxtLookup` interface. Today it is answered by
-dnspython's resolver (:class:`DnspythonTxt`); the project's own resolver with its caches
-(spec/services.md §1) can replace it without touching the parsing or the callers.
+The TXT query goes through the small :class:`TxtLookup` interface: :class:`ResolverTxt` answers
+it with the project's resolver and its ``dnsTxt`` cache (spec/services.md §1, the ``DnsResolver``
+object), :class:`DnspythonTxt` with a bare dnspython resolver (tests, tools).
 """
 from __future__ import annotations
 
@@ -98,6 +98,46 @@ class DnspythonTxt:
         except dns.exception.DNSException as exc:
             raise DnsLookupError(f"TXT {name}: {exc}") from None
         return _answer(answer)
+
+
+class ResolverTxt:
+    """:class:`TxtLookup` on the project's resolver (spec/services.md §1): TXT answers are cached
+    in its ``dnsTxt`` cache for their TTL (negative answers for the RFC 2308 TTL), so the answers
+    handed on carry ``ttl=0`` and :class:`DnsAsn` keeps no second copy.
+
+    ``make_resolver()`` returns a :class:`stalwart.services.dns.lookups.Resolver`; the async path
+    keeps the first one it makes (one per event loop, as the resolver requires), the blocking path
+    (control socket) makes a fresh one for each query and gives up after ``sync_timeout``."""
+
+    def __init__(self, make_resolver, sync_timeout: float = 2.0):
+        self.make_resolver = make_resolver
+        self.sync_timeout = sync_timeout
+        self._resolver = None
+
+    async def _txt(self, resolver, name: str) -> TxtAnswer:
+        from ..dns.client import DnsError
+
+        try:
+            records = await resolver.txt(name, "records")
+        except (DnsError, ValueError) as exc:
+            raise DnsLookupError(f"TXT {name}: {exc}") from None
+        return TxtAnswer(tuple(records or ()), 0)
+
+    async def txt(self, name: str) -> TxtAnswer:
+        if self._resolver is None:
+            self._resolver = self.make_resolver()
+        return await self._txt(self._resolver, name)
+
+    def txt_sync(self, name: str) -> TxtAnswer:
+        import asyncio
+
+        async def once() -> TxtAnswer:
+            return await asyncio.wait_for(self._txt(self.make_resolver(), name), self.sync_timeout)
+
+        try:
+            return asyncio.run(once())
+        except TimeoutError:
+            raise DnsLookupError(f"TXT {name}: no answer within {self.sync_timeout:.0f} s") from None
 
 
 def _answer(answer) -> TxtAnswer:

@@ -69,15 +69,22 @@ class GeoRefresher:
         self.service = GeoService(self.cfg, data_dir)
 
     # -- configuration -------------------------------------------------------------------------
-    def configure(self, cfg: Asn) -> None:
-        """Take a new ``Asn`` object (start and every reload); keeps the schedule of tables whose
+    def configure(self, config) -> None:
+        """Take a new configuration (start and every reload): the whole ``Config`` (its ``Asn``,
+        and ``DnsResolver`` for the ``Dns`` variant's control lookups) or an ``Asn`` object alone
+        (DNS then through dnspython with the OS settings). Keeps the schedule of tables whose
         sources did not change."""
+        whole = hasattr(config, "Asn")
+        cfg = config.Asn if whole else config
         old = self.cfg
         self.cfg = cfg
         if self.proc is None:
             _remove_temporaries(os.path.join(self.data_dir, TABLE_DIR))
         self.service.close()
-        self.service = GeoService(cfg, self.data_dir, DnspythonTxt(timeout=CONTROL_DNS_TIMEOUT))
+        if whole:
+            self.service = GeoService.for_config(config, self.data_dir, sync_timeout=CONTROL_DNS_TIMEOUT)
+        else:
+            self.service = GeoService(cfg, self.data_dir, DnspythonTxt(timeout=CONTROL_DNS_TIMEOUT))
         if not isinstance(cfg, (AsnResource, AsnMmdb)):
             self._stop_helper()
             return

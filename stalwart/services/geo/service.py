@@ -2,13 +2,13 @@
 
 How to use it (a worker, or the SMTP session that builds the ``Received:`` header)::
 
-    geo = GeoService.from_config(cfg.Asn, data_dir)    # once per configuration generation
+    geo = GeoService.for_config(cfg, data_dir, caches)  # once per configuration generation
     info = geo.lookup(packed_ip)                        # GeoInfo | None; never blocks, and never
                                                         # raises for bytes input
     info = await geo.resolve(packed_ip)                 # same, and queries DNS for the Dns variant
 
-In a worker, ``cfg`` is ``plan.config`` and ``data_dir`` is ``plan.extra["data_dir"]`` (the master
-passes both to every generation). ``packed_ip`` is ``socket.inet_pton`` output (4 or 16 bytes; IPv4-mapped IPv6 counts as IPv4).
+In a worker, ``cfg`` is ``plan.config``, ``data_dir`` is ``plan.extra["data_dir"]`` (the master
+passes both to every generation) and ``caches`` the worker's ``CacheRegistry`` (or None). ``packed_ip`` is ``socket.inet_pton`` output (4 or 16 bytes; IPv4-mapped IPv6 counts as IPv4).
 ``info.received_comment()`` is the ``AS64500 EXAMPLE-NET, US`` inside the ``Received:`` header's
 ``(… [ip] (…))``; ``info.event_keys()`` gives ``Asn`` and ``Country`` for session log events;
 ``await geo.answer("192.0.2.1")`` is the JSON answer for a management endpoint.
@@ -29,7 +29,7 @@ import time
 from ... import events
 from ..._fast import load as load_kernel
 from .config import Asn, AsnDns, AsnMmdb, AsnResource
-from .dns import DnsAsn, DnsLookupError, TxtLookup
+from .dns import DnsAsn, DnsLookupError, ResolverTxt, TxtLookup
 from .info import GeoInfo
 from .refresh import table_path
 from .tables import ASN, COUNTRY
@@ -109,6 +109,18 @@ class GeoService:
     @classmethod
     def from_config(cls, cfg: Asn, data_dir: str, txt: TxtLookup | None = None) -> GeoService:
         return cls(cfg, data_dir, txt)
+
+    @classmethod
+    def for_config(cls, config, data_dir: str, caches=None, sync_timeout: float = 2.0) -> GeoService:
+        """The service for a whole configuration: its ``Asn`` object, and for the ``Dns`` variant
+        the project resolver built from its ``DnsResolver`` and ``Cache`` objects (``caches``: the
+        worker's cache registry, so the ``dnsTxt`` cache is shared with every other TXT lookup)."""
+        txt = None
+        if isinstance(config.Asn, AsnDns):
+            from ..dns import build_resolver
+
+            txt = ResolverTxt(lambda: build_resolver(config, caches), sync_timeout)
+        return cls(config.Asn, data_dir, txt)
 
     @property
     def enabled(self) -> bool:
