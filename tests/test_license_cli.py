@@ -50,7 +50,7 @@ def test_license_show_valid(signer, tmp_path, capsys):
     assert cli_main(["license", "show", "--config", cfg, "--data-dir", str(tmp_path / "data")]) == 0
     out = capsys.readouterr().out
     assert "edition:" in out and "enterprise" in out
-    assert "*.example.org" in out and "up to 25" in out and "10 d 0 h left" in out or "10 d 1 h left" in out
+    assert "*.example.org" in out and "0 of 25" in out and "10 d 0 h left" in out or "10 d 1 h left" in out
     assert "configured (Enterprise.licenseKey)" in out and "renewal:" in out and "/api/license" in out
 
 
@@ -159,3 +159,22 @@ def test_stalwartd_runs_with_ai_and_enterprise_objects(tmp_path):
         server.reload(doc)
     finally:
         server.stop()
+
+
+def test_account_creation_is_refused_past_the_licence(signer, tmp_path):
+    from stalwart.accounts import hash_password
+    from stalwart.config import parse_bytes
+    from stalwart.services.license import AccountLimitExceeded, ensure_can_add_account
+
+    def cfg(n, licence):
+        doc = json.loads(open(write_config(tmp_path, licence)).read())
+        doc["Account"] = [{"name": f"u{i}", "secret": hash_password("pw", "scrypt"), "emails": [f"u{i}@example.org"]}
+                          for i in range(n)]
+        doc["Domain"] = [{"name": "example.org"}]
+        return parse_bytes(json.dumps(doc).encode())
+
+    licence = current(signer, accounts=2)
+    ensure_can_add_account(cfg(1, licence))
+    with pytest.raises(AccountLimitExceeded, match="only allows 2 accounts, found 3"):
+        ensure_can_add_account(cfg(2, licence))
+    ensure_can_add_account(cfg(2, None))  # Community edition: no licence, no cap

@@ -12,7 +12,7 @@ _EXPORTS = {
             "LicenseKey", "LicenseNotYetValid", "LicenseParametersError", "LicenseParseError",
             "LicenseSignatureError"),
     "renewal": ("LicenseRenewer", "RenewalError", "next_attempt"),
-    "state": ("AccountLimitExceeded", "EnterpriseRequired", "EnterpriseState"),
+    "state": ("AccountLimitExceeded", "EnterpriseRequired", "EnterpriseState", "ensure_can_add_account"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -40,7 +40,8 @@ def load_state(cfg, data_dir: str | None):
     from ...config import hostname
     from .state import EnterpriseState
 
-    return EnterpriseState.load(cfg.Enterprise, hostname(cfg), data_dir)
+    return EnterpriseState.load(cfg.Enterprise, hostname(cfg), data_dir,
+                                account_count=len(getattr(cfg, "Account", ())))
 
 
 def _left(seconds: int) -> str:
@@ -69,7 +70,9 @@ def _show(config_path: str | None, data_dir: str | None, as_json: bool, out) -> 
         lic = status.get("license")
         rows = [("edition", status["edition"]), ("hostname", status["hostname"])]
         if lic:
-            rows += [("domain", lic["domain"]), ("accounts", f"up to {lic['accounts']}"),
+            used = state.account_count
+            rows += [("domain", lic["domain"]),
+                     ("accounts", f"{used} of {lic['accounts']}" if used is not None else f"up to {lic['accounts']}"),
                      ("valid from", lic["validFrom"]),
                      ("valid to", f"{lic['validTo']} ({_left(lic['secondsLeft'])})" if lic["secondsLeft"]
                       else lic["validTo"]),

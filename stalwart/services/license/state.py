@@ -214,3 +214,18 @@ class EnterpriseState:
         if reason and (lic is not None or self.error):
             out["reason"] = reason
         return out
+
+
+def ensure_can_add_account(cfg, data_dir: str | None = None) -> None:
+    """Account creation (``stalwart-cli account add``) under the licence of ``cfg`` (§6.3).
+
+    ``cfg`` is the configuration before the new account is added. Raises
+    :class:`AccountLimitExceeded` when a licence is in force and ``len(Account) + 1`` exceeds it;
+    without a licence in force nothing is limited.
+    """
+    from ...config import hostname
+
+    accounts = len(getattr(cfg, "Account", ()))
+    state = EnterpriseState.load(cfg.Enterprise, hostname(cfg), data_dir)
+    if state.active():
+        state.ensure_can_add_account(accounts)
