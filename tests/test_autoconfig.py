@@ -300,3 +300,15 @@ def test_any_email_address_gives_well_formed_xml_or_404(text):
         ET.fromstring(reply.body)
     else:
         assert reply.status == 404 and reply.json()["status"] == 404
+
+
+def test_cli_dns_records_prints_zone_lines(tmp_path, capsys):
+    from stalwart.cli import cli_main
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(NONSTANDARD))
+    assert cli_main(["--config", str(path), "dns-records", "Example.ORG."]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["autoconfig.example.org.", "IN", "CNAME", "mail.example.com."]
+    assert ["_imaps._tcp.example.org.", "IN", "SRV", "0", "1", "10993", "mail.example.com."] in [x.split() for x in lines]
+    assert cli_main(["dns-records", "not a domain"]) == 2
