@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import random
 
-import pytest
-
 from stalwart import events
-
 from stalwart.accounts import Directory, hash_password, parse_hash
 from stalwart.accounts.directory import AccountEntry
 from stalwart.mailstore import MailStore
@@ -19,8 +16,10 @@ PASSWORDS = {"jane": "jane-secret", "bob": "bob-secret"}
 
 def directory() -> Directory:
     accounts = [
-        AccountEntry("jane", ("jane@example.org", "j.doe@example.net"), parse_hash(hash_password("jane-secret", ln=4))),
-        AccountEntry("bob", ("bob@example.org",), parse_hash(hash_password("bob-secret", "pbkdf2-sha256", iterations=1000))),
+        AccountEntry("jane", ("jane@example.org", "j.doe@example.net"),
+                     parse_hash(hash_password("jane-secret", ln=4))),
+        AccountEntry("bob", ("bob@example.org",),
+                     parse_hash(hash_password("bob-secret", "pbkdf2-sha256", iterations=1000))),
     ]
     return Directory({"example.org", "example.net"}, accounts)
 
@@ -83,9 +82,8 @@ def chunkings(data: bytes, seed: int = 7):
         yield parts
 
 
-@pytest.fixture
-def emitted(monkeypatch):
-    """Events emitted during the test, as (name, keys) pairs."""
+def record_events(monkeypatch) -> list[tuple[str, dict]]:
+    """Capture events emitted during a test, as (name, keys) pairs (use from an ``emitted`` fixture)."""
     seen: list[tuple[str, dict]] = []
     monkeypatch.setattr(events, "emit", lambda name, level=None, **keys: seen.append((name, keys)))
     return seen

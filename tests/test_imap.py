@@ -1,10 +1,11 @@
 """IMAP core: literals, authentication, mailbox commands over a Maildir, search, syntax (no sockets)."""
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mailcore import chunkings, ctx, drive, names, record_events, replies, services
 
-from mailcore import chunkings, ctx, drive, emitted, names, replies, services  # noqa: F401
 from stalwart.accounts.sasl import encode_plain
 from stalwart.mailstore import MailStore
 from stalwart.protocols.imap import ImapSession
@@ -13,6 +14,11 @@ from stalwart.protocols.imap.syntax import ImapSyntaxError, Literal, SequenceSet
 
 MSG = (b"From: \"Alice A.\" <alice@remote.test>\r\nTo: jane@example.org, bob@example.org\r\nSubject: Hello\r\n"
        b"Message-ID: <1@remote.test>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nline 1\r\nline 2\r\n")
+
+
+@pytest.fixture
+def emitted(monkeypatch):
+    return record_events(monkeypatch)
 
 
 def imap(tmp_path, **kw):
@@ -57,7 +63,8 @@ def test_logindisabled_without_tls(tmp_path):
 def test_auth_failures_and_bad_commands(tmp_path, emitted):
     core = imap(tmp_path, max_errors=4)
     out = replies(drive(core, [b"a LOGIN jane x\r\nb LOGIN ghost y\r\nc LOGIN jane z\r\n"]))
-    assert out.endswith(b"c NO [AUTHENTICATIONFAILED] Authentication failed.\r\n* BYE Too many authentication failures.\r\n")
+    assert out.endswith(b"c NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
+                        b"* BYE Too many authentication failures.\r\n")
     assert names(emitted) == ["auth.failed"] * 3 and core.closed
     emitted.clear()
     core = imap(tmp_path, max_errors=3)
@@ -82,7 +89,8 @@ def test_fetch_store_search_expunge(tmp_path):
     assert out == (b"* 1 FETCH (UID 1 FLAGS (\\Recent) RFC822.SIZE %d)\r\n* 2 FETCH (UID 2 FLAGS (\\Recent) "
                    b"RFC822.SIZE %d)\r\nf OK FETCH completed.\r\n" % (size, size))
     out = replies(drive(core, [b"f UID FETCH 2 (BODY[HEADER.FIELDS (Subject)] BODY[TEXT]<0.4>)\r\n"]))
-    assert out == (b"* 2 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {20}\r\nSubject: Hello 1\r\n\r\n BODY[TEXT]<0> {4}\r\nline"
+    assert out == (b"* 2 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {20}\r\nSubject: Hello 1\r\n\r\n"
+                   b" BODY[TEXT]<0> {4}\r\nline"
                    b" UID 2 FLAGS (\\Seen))\r\nf OK UID FETCH completed.\r\n")
     out = replies(drive(core, [b"x SEARCH SEEN\r\ny UID SEARCH NOT SEEN\r\nz SEARCH OR 1 3 UNSEEN\r\n"]))
     assert out == (b"* SEARCH 2\r\nx OK SEARCH completed.\r\n* SEARCH 1 3\r\ny OK UID SEARCH completed.\r\n"
@@ -116,8 +124,9 @@ def test_list_status_and_missing_mailboxes(tmp_path):
                                b"e STATUS INBOX (MESSAGES UNSEEN UIDNEXT)\r\nf SELECT Sent\r\ng CREATE Foo\r\n"]))
     assert out == (b'* LIST (\\HasNoChildren) "/" INBOX\r\na OK LIST completed.\r\n* LIST (\\Noselect) "/" ""\r\n'
                    b'b OK LIST completed.\r\n* LSUB (\\HasNoChildren) "/" INBOX\r\nc OK LSUB completed.\r\n'
-                   b"d OK LIST completed.\r\n* STATUS INBOX (MESSAGES 2 UNSEEN 2 UIDNEXT 3)\r\ne OK STATUS completed.\r\n"
-                   b"f NO [NONEXISTENT] Only INBOX exists.\r\ng NO [CANNOT] Only INBOX is available on this server.\r\n")
+                   b"d OK LIST completed.\r\n* STATUS INBOX (MESSAGES 2 UNSEEN 2 UIDNEXT 3)\r\n"
+                   b"e OK STATUS completed.\r\nf NO [NONEXISTENT] Only INBOX exists.\r\n"
+                   b"g NO [CANNOT] Only INBOX is available on this server.\r\n")
 
 
 def test_idle_and_examine_read_only(tmp_path):

@@ -1,13 +1,19 @@
 """ManageSieve core: authentication, script storage commands, literals, syntax check (no sockets)."""
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mailcore import chunkings, ctx, drive, names, record_events, replies, services
 
-from mailcore import chunkings, ctx, drive, emitted, names, replies, services  # noqa: F401
 from stalwart.accounts.sasl import encode_plain
 from stalwart.mailstore.sieve import check_script
 from stalwart.protocols.managesieve import ManageSieveSession
 
 SCRIPT = b'require ["fileinto"];\r\nif header :contains "subject" "[spam]" {\r\n  fileinto "Junk";\r\n}\r\n'
+
+
+@pytest.fixture
+def emitted(monkeypatch):
+    return record_events(monkeypatch)
 
 
 def sieve(tmp_path, **kw):
@@ -36,7 +42,8 @@ def test_put_get_list_activate_any_chunking(tmp_path):
 
 def test_authenticate_with_continuation_and_failures(tmp_path, emitted):
     core = sieve(tmp_path)
-    out = replies(drive(core, [b'AUTHENTICATE "PLAIN"\r\n', b'"' + encode_plain("jane", "jane-secret").encode() + b'"\r\n']))
+    response = b'"' + encode_plain("jane", "jane-secret").encode() + b'"\r\n'
+    out = replies(drive(core, [b'AUTHENTICATE "PLAIN"\r\n', response]))
     assert out == b'""\r\nOK "Authentication successful."\r\n'
     assert b"SASL" not in replies(drive(core, [b"CAPABILITY\r\n"]))
     core = sieve(tmp_path)
@@ -64,7 +71,8 @@ def test_invalid_scripts_refused(tmp_path):
 def test_bad_commands_before_auth(tmp_path, emitted):
     core = sieve(tmp_path, max_errors=3)
     out = replies(drive(core, [b"FOO\r\nLISTSCRIPTS\r\nPUTSCRIPT\r\n\r\nBAR\r\n"]))
-    assert out == b'NO "Unknown command."\r\nNO "Not authenticated."\r\nNO "Not authenticated."\r\nNO "Missing command."\r\nBYE "Too many invalid commands."\r\n'
+    assert out == (b'NO "Unknown command."\r\nNO "Not authenticated."\r\nNO "Not authenticated."\r\n'
+                   b'NO "Missing command."\r\nBYE "Too many invalid commands."\r\n')
     assert names(emitted) == ["manage-sieve.invalid-command"] * 3
 
 

@@ -1,13 +1,19 @@
 """POP3 core over a Maildir: authentication, maildrop commands, UPDATE at QUIT, limits (no sockets)."""
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mailcore import chunkings, ctx, drive, names, record_events, replies, services
 
-from mailcore import chunkings, ctx, drive, emitted, names, replies, services  # noqa: F401
 from stalwart.accounts.sasl import encode_plain
 from stalwart.mailstore import MailStore
 from stalwart.protocols.pop3 import Pop3Session, multiline
+
+
+@pytest.fixture
+def emitted(monkeypatch):
+    return record_events(monkeypatch)
 
 
 def pop3(tmp_path, **kw):
@@ -46,7 +52,8 @@ def test_session_any_chunking(tmp_path):
 
 def test_auth_plain_and_login(tmp_path):
     seed(tmp_path, MSG1)
-    out = replies(drive(pop3(tmp_path), [b"AUTH PLAIN " + encode_plain("jane", "jane-secret").encode() + b"\r\nSTAT\r\n"]))
+    plain = encode_plain("jane", "jane-secret").encode()
+    out = replies(drive(pop3(tmp_path), [b"AUTH PLAIN " + plain + b"\r\nSTAT\r\n"]))
     assert out == b"+OK jane has 1 messages.\r\n+OK 1 " + str(len(MSG1)).encode() + b"\r\n"
     out = replies(drive(pop3(tmp_path), [b"AUTH\r\nAUTH LOGIN\r\nYm9i\r\nYm9iLXNlY3JldA==\r\n"]))
     assert out == b"+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n+ VXNlcm5hbWU6\r\n+ UGFzc3dvcmQ6\r\n+OK bob has 0 messages.\r\n"
@@ -65,7 +72,8 @@ def test_no_credentials_in_clear(tmp_path):
 def test_auth_failures_close_after_limit(tmp_path, emitted):
     core = pop3(tmp_path)
     out = replies(drive(core, [b"USER jane\r\nPASS nope\r\nUSER ghost\r\nPASS x\r\nUSER jane\r\nPASS y\r\n"]))
-    assert out.endswith(b"-ERR [AUTH] Authentication failed.\r\n+OK\r\n-ERR [AUTH] Too many authentication failures.\r\n")
+    assert out.endswith(b"-ERR [AUTH] Authentication failed.\r\n+OK\r\n"
+                        b"-ERR [AUTH] Too many authentication failures.\r\n")
     assert core.closed and names(emitted) == ["auth.failed"] * 3
 
 
@@ -79,7 +87,8 @@ def test_state_errors_and_bad_commands(tmp_path, emitted):
 
 def test_message_number_errors(tmp_path):
     seed(tmp_path, MSG1)
-    out = replies(drive(pop3(tmp_path), [b"USER jane\r\nPASS jane-secret\r\nRETR 0\r\nRETR 2\r\nRETR x\r\nTOP 1\r\nUSER x\r\n"]))
+    wire = b"USER jane\r\nPASS jane-secret\r\nRETR 0\r\nRETR 2\r\nRETR x\r\nTOP 1\r\nUSER x\r\n"
+    out = replies(drive(pop3(tmp_path), [wire]))
     assert out.endswith(b"-ERR No such message.\r\n-ERR No such message.\r\n-ERR Invalid message number.\r\n"
                         b"-ERR Usage: TOP message lines\r\n-ERR Already authenticated.\r\n")
 

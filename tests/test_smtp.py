@@ -5,11 +5,16 @@ import os
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mailcore import chunkings, ctx, drive, names, record_events, replies, services
 
-from mailcore import chunkings, ctx, drive, emitted, names, replies, services  # noqa: F401
 from stalwart.accounts.sasl import encode_plain
 from stalwart.protocols.base import NEED_DATA, StartTls
 from stalwart.protocols.smtp import SmtpSession, parse_mailbox
+
+
+@pytest.fixture
+def emitted(monkeypatch):
+    return record_events(monkeypatch)
 
 
 def smtp(tmp_path, lmtp=False, **kw):
@@ -40,7 +45,8 @@ def test_transaction_any_chunking_delivers_once(tmp_path):
         assert core.closed
         [msg] = mailbox(d, "jane")
         head, body = msg.split(b"\r\n\r\n", 1)
-        assert head.startswith(b"Received: from client.test ([192.0.2.1])\r\n\tby mx.example.test (Stalwart) with ESMTP")
+        assert head.startswith(b"Received: from client.test ([192.0.2.1])\r\n"
+                               b"\tby mx.example.test (Stalwart) with ESMTP")
         assert b"\r\nSubject: hi" in head and body == b".leading dot\r\n"
 
 
@@ -66,7 +72,8 @@ def test_pipelined_commands_after_data_wait_for_delivery(tmp_path):
     assert hasattr(ev, "fn")  # the Blocking job; nothing after it until it is done
     assert not core.interruptible and core.next_event() is NEED_DATA
     core.blocking_done(ev.fn(*ev.args), None)
-    assert replies([core.next_event(), core.next_event()]) == b"250 2.0.0 Message accepted for delivery.\r\n250 2.0.0 OK\r\n"
+    assert replies([core.next_event(), core.next_event()]) == (b"250 2.0.0 Message accepted for delivery.\r\n"
+                                                               b"250 2.0.0 OK\r\n")
 
 
 def test_delivery_failure_is_451_and_no_partial_file(tmp_path):
@@ -97,9 +104,11 @@ def test_lmtp_refuses_ehlo_and_auth(tmp_path):
 def test_oversized_message_drained_and_answered_once(tmp_path):
     core = smtp(tmp_path, max_message_size=1000)
     out = replies(drive(core, [b"EHLO c\r\nMAIL FROM:<a@b.c> SIZE=5000\r\nMAIL FROM:<a@b.c>\r\n"
-                               b"RCPT TO:<jane@example.org>\r\nDATA\r\n"] + [b"y" * 500 + b"\r\n"] * 20 + [b".\r\nNOOP\r\n"]))
+                               b"RCPT TO:<jane@example.org>\r\nDATA\r\n"]
+                        + [b"y" * 500 + b"\r\n"] * 20 + [b".\r\nNOOP\r\n"]))
     assert b"552 5.3.4 Message too big for system.\r\n250 2.1.0 OK" in out
-    assert out.endswith(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n552 5.3.4 Message too big for system.\r\n250 2.0.0 OK\r\n")
+    assert out.endswith(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n"
+                        b"552 5.3.4 Message too big for system.\r\n250 2.0.0 OK\r\n")
     assert len(core._data) < 100 and mailbox(tmp_path, "jane") == []
 
 
@@ -169,7 +178,8 @@ def test_auth_plain_and_relay_after_auth(tmp_path):
     out = replies(drive(core, [b"EHLO c\r\n"]))
     assert out.endswith(b"250 AUTH PLAIN LOGIN\r\n") and b"STARTTLS" not in out
     out = replies(drive(core, [b"AUTH PLAIN " + encode_plain("jane@example.org", "jane-secret").encode() + b"\r\n"
-                               b"MAIL FROM:<jane@example.org>\r\nRCPT TO:<friend@remote.test>\r\nRCPT TO:<bob@example.org>\r\n"
+                               b"MAIL FROM:<jane@example.org>\r\nRCPT TO:<friend@remote.test>\r\n"
+                               b"RCPT TO:<bob@example.org>\r\n"
                                b"DATA\r\nhello\r\n.\r\nEHLO c\r\n"]))
     assert out.startswith(b"235 2.7.0 Authentication succeeded.\r\n250 2.1.0 OK\r\n"
                           b"451 4.4.0 Relaying is not available on this server.\r\n250 2.1.5 OK\r\n")
@@ -185,7 +195,8 @@ def test_auth_login_two_steps_and_plain_empty_initial(tmp_path):
     assert out.endswith(b"334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235 2.7.0 Authentication succeeded.\r\n")
     core = smtp(tmp_path, allow_plain_auth=True)
     out = replies(drive(core, [b"EHLO c\r\nAUTH PLAIN\r\n*\r\nAUTH PLAIN\r\n!!!\r\nAUTH CRAM-MD5\r\n"]))
-    assert out.endswith(b"334 \r\n501 5.7.0 Authentication cancelled.\r\n334 \r\n501 5.5.2 Cannot decode the response.\r\n"
+    assert out.endswith(b"334 \r\n501 5.7.0 Authentication cancelled.\r\n334 \r\n"
+                        b"501 5.5.2 Cannot decode the response.\r\n"
                         b"504 5.5.4 Mechanism not supported.\r\n")
 
 

@@ -65,7 +65,8 @@ def parse_items(tokens: list) -> list[Item]:
 
 def internaldate(mtime: float) -> bytes:
     t = time.gmtime(mtime)
-    return f'"{t.tm_mday:02d}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"'.encode()
+    day = f"{t.tm_mday:02d}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year}"
+    return f'"{day} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"'.encode()
 
 
 def split_message(data: bytes) -> tuple[bytes, bytes]:

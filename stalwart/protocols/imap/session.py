@@ -231,7 +231,8 @@ class ImapSession(LineSession):
             self._ok(tag, "NOOP completed.")
 
     def _cmd_logout(self, tag: str, toks: list) -> None:
-        self._send(f"* BYE Stalwart IMAP4rev1 bids you farewell.\r\n{tag} OK LOGOUT completed.\r\n".encode(), close=True)
+        self._send(f"* BYE Stalwart IMAP4rev1 bids you farewell.\r\n{tag} OK LOGOUT completed.\r\n".encode(),
+                   close=True)
 
     def _cmd_id(self, tag: str, toks: list) -> None:
         # RFC 2971: the client's parameters are informational; ours name the server.
@@ -357,7 +358,8 @@ class ImapSession(LineSession):
             out.append(f"* OK [UNSEEN {unseen}] First unseen.")
         out += [f"* OK [UIDVALIDITY {self.validity}] UIDs valid.", f"* OK [UIDNEXT {self.uidnext}] Predicted next UID."]
         mode = "READ-ONLY" if readonly else "READ-WRITE"
-        self._send(("\r\n".join(out) + f"\r\n{tag} OK [{mode}] {'EXAMINE' if readonly else 'SELECT'} completed.\r\n").encode())
+        done = f"{tag} OK [{mode}] {'EXAMINE' if readonly else 'SELECT'} completed."
+        self._send(("\r\n".join(out) + "\r\n" + done + "\r\n").encode())
 
     def _cmd_status(self, tag: str, toks: list) -> None:
         if len(toks) != 2 or not isinstance(toks[1], list):
@@ -494,7 +496,12 @@ class ImapSession(LineSession):
         chosen = self._select_msgs(toks[0], uid)
         changes = []
         for _, m in chosen:
-            new = (m.flags | flags) if action.startswith("+") else (m.flags - flags) if action.startswith("-") else frozenset(flags)
+            if action.startswith("+"):
+                new = m.flags | flags
+            elif action.startswith("-"):
+                new = m.flags - flags
+            else:
+                new = frozenset(flags)
             changes.append((m, frozenset(new)))
         silent = action.endswith(".SILENT")
 
@@ -607,7 +614,8 @@ class ImapSession(LineSession):
             added = [m for m in fresh if m.uid > known]
             if added:
                 self.msgs.extend(added)
-                out.append(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(self.msgs), sum(m.subdir == "new" for m in self.msgs)))
+                recent = sum(m.subdir == "new" for m in self.msgs)
+                out.append(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(self.msgs), recent))
             then(b"".join(out))
 
         self._block(self.maildir.snapshot, (), done)
