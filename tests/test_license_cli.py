@@ -152,6 +152,7 @@ def test_stalwartd_runs_with_ai_and_enterprise_objects(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
     assert '"modelType": "Chat"' in check.stdout and '"renewalUrl"' in check.stdout
+    assert "bm90IGEgbGljZW5jZQ==" not in check.stdout  # the licence key is a secret: masked
     server = Server(tmp_path / "srv", doc).start()
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
