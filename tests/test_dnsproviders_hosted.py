@@ -1,0 +1,249 @@
+"""Hosted DNS APIs against local servers speaking their documented request and response shapes
+(Cloudflare API v4, deSEC, DigitalOcean API v2), including their error replies (services.md §2.2)."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pytest
+
+from stalwart.config import parse_bytes  # the model first: it imports the provider structs
+from stalwart.services.dnsproviders import build_updater
+from stalwart.services.dnsproviders.records import DnsProviderError
+
+TOKEN = "s3cret-token"
+ZONE = "example.test"
+
+
+class FakeApi(ThreadingHTTPServer):
+    """One fake provider: ``records`` is the zone, ``fail_next`` forces one error reply."""
+
+    daemon_threads = True
+
+    def __init__(self, kind: str):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.kind = kind
+        self.records: list[dict] = []
+        self.rrsets: dict[tuple[str, str], dict] = {}
+        self.ids = itertools.count(1)
+        self.fail_next: tuple[int, dict] | None = None
+        self.requests: list[tuple[str, str, object]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: FakeApi
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status: int, doc=None, headers=()):
+        body = json.dumps(doc).encode() if doc is not None else b""
+        self.send_response(status)
+        if body:
+            self.send_header("Content-Type", "application/json")
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def handle_any(self, method: str):
+        srv = self.server
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        parts = urlsplit(self.path)
+        path, query = unquote(parts.path), {k: v[0] for k, v in parse_qs(parts.query).items()}
+        with srv.lock:
+            srv.requests.append((method, self.path, body))
+            scheme = "Token" if srv.kind == "desec" else "Bearer"
+            if self.headers.get("Authorization") != f"{scheme} {TOKEN}":
+                return self.reply(*AUTH_ERRORS[srv.kind])
+            if srv.fail_next is not None:
+                status, doc = srv.fail_next
+                srv.fail_next = None
+                return self.reply(status, doc, [("Retry-After", "1")] if status == 429 else [])
+            return getattr(self, srv.kind)(method, path, query, body)
+
+    def do_GET(self):
+        self.handle_any("GET")
+
+    def do_POST(self):
+        self.handle_any("POST")
+
+    def do_PUT(self):
+        self.handle_any("PUT")
+
+    def do_DELETE(self):
+        self.handle_any("DELETE")
+
+    # https://developers.cloudflare.com/api/resources/dns/subresources/records/
+    def cloudflare(self, method, path, query, body):
+        srv = self.server
+        ok = {"success": True, "errors": [], "messages": []}
+        if path == "/zones":
+            result = [{"id": "zone-1", "name": ZONE}] if query.get("name") == ZONE else []
+            return self.reply(200, {**ok, "result": result, "result_info": {"count": len(result)}})
+        assert path.startswith("/zones/zone-1/dns_records"), path
+        rest = path[len("/zones/zone-1/dns_records"):]
+        if method == "GET":
+            result = [r for r in srv.records if r["type"] == query.get("type") and r["name"] == query.get("name")]
+            return self.reply(200, {**ok, "result": result})
+        if method == "POST":
+            if body["type"] == "MX" and "priority" not in body:
+                return self.reply(400, {"success": False, "errors": [{"code": 9100, "message": "priority required"}],
+                                        "messages": [], "result": None})
+            rec = {"id": f"rec{next(srv.ids)}", **body}
+            srv.records.append(rec)
+            return self.reply(200, {**ok, "result": rec})
+        if method == "DELETE":
+            rid = rest.strip("/")
+            srv.records[:] = [r for r in srv.records if r["id"] != rid]
+            return self.reply(200, {**ok, "result": {"id": rid}})
+        return self.reply(405, {"success": False, "errors": [{"code": 10000, "message": "method"}]})
+
+    # https://desec.readthedocs.io/en/latest/dns/rrsets.html
+    def desec(self, method, path, query, body):
+        srv = self.server
+        prefix = f"/domains/{ZONE}/rrsets/"
+        if not path.startswith(prefix):
+            return self.reply(404, {"detail": "Not found."})
+        sub, rtype = path[len(prefix):].strip("/").split("/")
+        sub = "" if sub == "@" else sub
+        key = (sub, rtype)
+        if method == "GET":
+            if key not in srv.rrsets:
+                return self.reply(404, {"detail": "Not found."})
+            return self.reply(200, srv.rrsets[key])
+        if method == "PUT":
+            if body["ttl"] < 3600:
+                return self.reply(400, {"ttl": [f"Ensure this value is greater than or equal to 3600."]})
+            for rec in body["records"]:
+                if rtype == "TXT" and not rec.startswith('"'):
+                    return self.reply(400, {"records": ["TXT records must be quoted"]})
+            if body["records"]:
+                srv.rrsets[key] = {"domain": ZONE, "subname": sub, "name": f"{sub + '.' if sub else ''}{ZONE}.",
+                                   "type": rtype, "ttl": body["ttl"], "records": body["records"]}
+                return self.reply(200, srv.rrsets[key])
+            srv.rrsets.pop(key, None)
+            return self.reply(204)
+        return self.reply(405, {"detail": f'Method "{method}" not allowed.'})
+
+    # https://docs.digitalocean.com/reference/api/digitalocean/#tag/Domain-Records
+    def digitalocean(self, method, path, query, body):
+        srv = self.server
+        prefix = f"/domains/{ZONE}/records"
+        if not path.startswith(prefix):
+            return self.reply(404, {"id": "not_found", "message": "The resource you were accessing could not be found."})
+        if method == "GET":
+            rel = query["name"][: -len(ZONE) - 1] if query["name"] != ZONE else "@"
+            recs = [r for r in srv.records if r["type"] == query["type"] and r["name"] == rel]
+            return self.reply(200, {"domain_records": recs, "links": {}, "meta": {"total": len(recs)}})
+        if method == "POST":
+            if body["name"].endswith(ZONE):
+                return self.reply(422, {"id": "unprocessable_entity", "message": "Name must be relative"})
+            rec = {"id": next(srv.ids), "priority": None, "port": None, "weight": None, "flags": None, "tag": None,
+                   **body}
+            srv.records.append(rec)
+            return self.reply(201, {"domain_record": rec})
+        if method == "DELETE":
+            rid = int(path[len(prefix):].strip("/"))
+            srv.records[:] = [r for r in srv.records if r["id"] != rid]
+            return self.reply(204)
+        return self.reply(405, {"id": "method_not_allowed", "message": "method"})
+
+
+AUTH_ERRORS = {
+    "cloudflare": (403, {"success": False, "errors": [{"code": 10000, "message": "Authentication error"}],
+                         "messages": [], "result": None}),
+    "desec": (401, {"detail": "Invalid token."}),
+    "digitalocean": (401, {"id": "unauthorized", "message": "Unable to authenticate you"}),
+}
+TYPES = {"cloudflare": "Cloudflare", "desec": "DeSEC", "digitalocean": "DigitalOcean"}
+
+
+@pytest.fixture(params=["cloudflare", "desec", "digitalocean"])
+def api(request):
+    srv = FakeApi(request.param)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def updater(api: FakeApi, token: str = TOKEN, ttl: int = 3600000):
+    obj = {"@type": TYPES[api.kind], "id": "p", "secret": {"@type": "Value", "secret": token}, "baseUrl": api.url,
+           "ttl": ttl, "timeout": 5000}
+    return build_updater(parse_bytes(json.dumps({"DnsServer": [obj]}).encode()).DnsServer[0])
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_records_are_set_listed_added_and_removed(api):
+    u = updater(api)
+    name = f"_acme-challenge.{ZONE}"
+    run(u.add_to_rrset(ZONE, name, "TXT", ["one"]))
+    run(u.add_to_rrset(ZONE, name, "TXT", ["two"]))
+    assert sorted(run(u.list_rrset(ZONE, name, "TXT"))) == ["one", "two"]
+    run(u.remove_from_rrset(ZONE, name, "TXT", ["one"]))
+    assert run(u.list_rrset(ZONE, name, "TXT")) == ["two"]
+    run(u.set_rrset(ZONE, ZONE, "MX", ["10 mail.example.test."]))
+    assert run(u.list_rrset(ZONE, ZONE, "MX")) == ["10 mail.example.test."]
+    run(u.set_rrset(ZONE, ZONE, "MX", ["20 mx2.example.test."]))
+    assert run(u.list_rrset(ZONE, ZONE, "MX")) == ["20 mx2.example.test."]
+    run(u.set_rrset(ZONE, f"_imaps._tcp.{ZONE}", "SRV", ["0 1 993 mail.example.test."]))
+    assert run(u.list_rrset(ZONE, f"_imaps._tcp.{ZONE}", "SRV")) == ["0 1 993 mail.example.test."]
+    run(u.set_rrset(ZONE, ZONE, "CAA", ['0 issue "letsencrypt.org"']))
+    assert run(u.list_rrset(ZONE, ZONE, "CAA")) == ['0 issue "letsencrypt.org"']
+    run(u.set_rrset(ZONE, f"autoconfig.{ZONE}", "CNAME", ["mail.example.test."]))
+    assert run(u.list_rrset(ZONE, f"autoconfig.{ZONE}", "CNAME")) == ["mail.example.test."]
+    run(u.set_rrset(ZONE, ZONE, "MX", []))
+    assert run(u.list_rrset(ZONE, ZONE, "MX")) == []
+
+
+def test_bad_token_is_a_permanent_error_with_the_providers_message(api):
+    u = updater(api, token="wrong")
+    with pytest.raises(DnsProviderError) as info:
+        run(u.set_rrset(ZONE, f"x.{ZONE}", "TXT", ["v"]))
+    assert not info.value.temporary
+    assert {"cloudflare": "Authentication error", "desec": "Invalid token",
+            "digitalocean": "Unable to authenticate"}[api.kind] in str(info.value)
+
+
+@pytest.mark.parametrize("status", [429, 500])
+def test_rate_limit_and_server_errors_are_temporary(api, status):
+    u = updater(api)
+    api.fail_next = (status, {"success": False, "errors": [{"code": 971, "message": "slow down"}]}
+                     if api.kind == "cloudflare" else {"detail": "Request was throttled."}
+                     if api.kind == "desec" else {"id": "too_many_requests", "message": "API Rate limit exceeded."})
+    with pytest.raises(DnsProviderError) as info:
+        run(u.list_rrset(ZONE, f"x.{ZONE}", "TXT"))
+    assert info.value.temporary and str(status) in str(info.value)
+
+
+def test_validation_error_reply_is_reported(api):
+    if api.kind != "desec":
+        pytest.skip("deSEC's minimum TTL is the documented validation error exercised here")
+    u = updater(api, ttl=300000)
+    with pytest.raises(DnsProviderError, match="greater than or equal to 3600"):
+        run(u.set_rrset(ZONE, f"x.{ZONE}", "TXT", ["v"]))
+
+
+def test_unreachable_api_is_temporary():
+    obj = {"@type": "Cloudflare", "id": "p", "secret": {"@type": "Value", "secret": TOKEN},
+           "baseUrl": "http://127.0.0.1:1", "timeout": 2000}
+    u = build_updater(parse_bytes(json.dumps({"DnsServer": [obj]}).encode()).DnsServer[0])
+    with pytest.raises(DnsProviderError) as info:
+        run(u.list_rrset(ZONE, ZONE, "MX"))
+    assert info.value.temporary
