@@ -67,3 +67,15 @@ def test_render_parses_as_prometheus():
     assert sample(fams, "stalwart_sessions_total", protocol="imap") == 1
     assert sample(fams, "stalwart_connections_refused_total", listener="imap", reason="blocked") == 0
     assert sample(fams, "stalwart_bans_total", category="authFailure") == 0
+
+
+def test_a_reused_listener_index_starts_from_zero():
+    table = MetricsTable(max_listeners=2, max_workers=2)
+    table.recorder(0, {"old": 1}).accepted(1)
+    table.recorder(1, {"old": 1}).accepted(1)
+    assert table.snapshot()[0]["old"]["accepted"] == 2
+    table.recorder(0, {"new": 1}).accepted(1)
+    listeners, _ = table.snapshot()
+    assert "old" not in listeners and listeners["new"]["accepted"] == 1
+    table.recorder(1, {"new": 1})  # same name again: nothing is cleared
+    assert table.snapshot()[0]["new"]["accepted"] == 1

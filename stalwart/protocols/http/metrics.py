@@ -53,8 +53,19 @@ class MetricsTable:
         if not 0 <= slot < self.max_workers:
             raise ValueError(f"worker slot {slot} outside the table")
         for name, index in listeners.items():
-            self.set_name(index, name)
+            if self.name(index) != name:
+                # The master gave a freed index to another listener (it frees one only when no
+                # worker serves it any more): the new listener starts from zero, not from the
+                # totals of the one that had the index before.
+                self._clear_column(index)
+                self.set_name(index, name)
         return MetricsRecorder(self, slot, listeners)
+
+    def _clear_column(self, index: int) -> None:
+        per, base = self.per_listener, self._rows_at + index * self.per_listener
+        for slot in range(self.max_workers):
+            at = base + slot * self.row_words
+            self.words[at:at + per] = memoryview(bytes(8 * per)).cast("Q")
 
     def set_name(self, index: int, name: str) -> None:
         raw = name.encode("utf-8")[:NAME_BYTES - 1]
