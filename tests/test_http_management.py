@@ -78,6 +78,7 @@ def test_requires_credentials_and_rejects_wrong_password_and_non_admins(control,
     assert control == []  # nothing reached the master
     failed = [k for e, k in seen if e == "auth.failed"]  # a request without credentials is not counted
     assert [k["AccountName"] for k in failed] == ["admin", "jane"] and failed[0]["RemoteIp"] == "192.0.2.9"
+    assert failed[0]["Credential"].value == "nope" and str(failed[0]["Credential"]) == "***"
 
 
 def test_status_and_lists(control):

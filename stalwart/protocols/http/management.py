@@ -145,8 +145,10 @@ class ManagementApi:
                 events.emit("http.management-error", level="warn", SpanId=ctx.span_id, Reason=reason)
                 return problem(503, "The server's control socket did not answer.")
             if result is _AUTH_FAILED:
+                # The password goes to the auto-ban layer's stale-password rule (security.md §3)
+                # wrapped, so no log line can show it.
                 events.emit("auth.failed", SpanId=ctx.span_id, ListenerId=ctx.listener, RemoteIp=req.client_ip,
-                            AccountName=user, Protocol="http")
+                            AccountName=user, Protocol="http", Credential=events.Sensitive(password))
                 is_blocked = ctx.extra.get("is_blocked")
                 if not req.client_exempt and is_blocked is not None and is_blocked(req.client_packed):
                     # That failure banned the address (security.md §4: HTTP answers 429).
