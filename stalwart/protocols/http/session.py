@@ -47,7 +47,12 @@ class HttpSession(SessionCore):
         if self.closed:
             return
         if self._pending is not None:
-            self._conn.receive_data(data)  # kept for after the pending response (or seen as EOF then)
+            # Kept for after the pending response (EOF included); h11 refuses bytes after an EOF
+            # with RuntimeError, and such bytes can only be dropped.
+            try:
+                self._conn.receive_data(data)
+            except RuntimeError:
+                pass
             return
         try:
             self._conn.receive_data(data)
