@@ -13,6 +13,7 @@ the file). ``*-num.csv`` files carry decimal integers instead of textual address
 """
 from __future__ import annotations
 
+import csv
 import heapq
 import socket
 from dataclasses import dataclass, field
@@ -24,36 +25,17 @@ _V6_MAX = (1 << 128) - 1
 
 
 def split_row(line: str) -> list[str] | None:
-    """Columns of one CSV row (RFC 4180 §2), trimmed; None when a quote is unbalanced."""
+    """Columns of one CSV row (RFC 4180 §2), trimmed; None when the row is not well-formed (an
+    unbalanced quote, or text after a closing quote)."""
     if '"' not in line:
         return [c.strip() for c in line.split(",")]
-    cols: list[str] = []
-    cur: list[str] = []
-    i, n = 0, len(line)
-    quoted = False
-    while i < n:
-        ch = line[i]
-        if quoted:
-            if ch == '"':
-                if i + 1 < n and line[i + 1] == '"':
-                    cur.append('"')
-                    i += 1
-                else:
-                    quoted = False
-            else:
-                cur.append(ch)
-        elif ch == '"':
-            quoted = True
-        elif ch == ",":
-            cols.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    if quoted:
+    try:
+        # The C reader handles quoted commas and doubled quotes; strict mode refuses what is not
+        # RFC 4180 instead of guessing. One line at a time, so a bad quote costs only its row.
+        cols = next(csv.reader((line,), strict=True))
+    except (csv.Error, StopIteration):
         return None
-    cols.append("".join(cur).strip())
-    return cols
+    return [c.strip() for c in cols]
 
 
 def parse_address(text: str) -> tuple[int, bool] | None:
