@@ -215,3 +215,12 @@ def test_random_bytes_after_login(tmp_path_factory, data, select):
     out = replies(drive(core, [data[i:i + 61] for i in range(0, len(data), 61)] + [b"\r\n"]))
     for response in responses(out):
         assert re.match(rb"^(\* |\+|[\x21-\x7e]+ (OK|NO|BAD) )", response), response
+
+
+def test_overlong_lines_end_sasl_and_idle(tmp_path):
+    core = imap(tmp_path)
+    out = replies(drive(core, [b"a AUTHENTICATE PLAIN\r\n", b"x" * 9000 + b"\r\nb NOOP\r\n"]))
+    assert out == b"+ \r\na BAD Line too long.\r\nb OK NOOP completed.\r\n"
+    login(core)
+    out = replies(drive(core, [b"i IDLE\r\n", b"y" * 9000 + b"\r\nc NOOP\r\n"]))
+    assert out == b"+ idling\r\ni BAD Line too long.\r\nc OK NOOP completed.\r\n"

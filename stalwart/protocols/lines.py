@@ -61,7 +61,8 @@ class LineSession(SessionCore):
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break
-            if self._overflow:
+            if self._overflow or nl - start > self.max_line:
+                # Too long, whether it was drained in pieces or arrived whole in one read.
                 self._overflow = False
                 self.commands_seen += 1
                 self.line_too_long()

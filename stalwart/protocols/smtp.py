@@ -119,6 +119,7 @@ class SmtpSession(LineSession):
         self._reset_transaction()
 
     def line_too_long(self) -> None:
+        self._sasl = None  # an overlong SASL response ends the exchange
         self._error(b"500 5.5.2 Line too long.\r\n")
 
     def timeout_reply(self) -> bytes:

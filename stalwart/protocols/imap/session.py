@@ -104,7 +104,9 @@ class ImapSession(LineSession):
 
     def line_too_long(self) -> None:
         self._pending = None
-        self._error(b"* BAD Command line too long.\r\n")
+        tag = self._sasl_tag or self._idle_tag
+        self._sasl_tag = self._idle_tag = None  # an overlong response ends the exchange or the IDLE
+        self._error(f"{tag} BAD Line too long.\r\n".encode() if tag else b"* BAD Command line too long.\r\n")
 
     def timeout_reply(self) -> bytes:
         if self.commands_seen == 0:
