@@ -92,6 +92,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     dns = sub.add_parser("dns-records", help="print the autoconfig DNS records to publish for DOMAIN")
     _common(dns, suppress=True)
     dns.add_argument("domain")
+    dns.add_argument("--publish", action="store_true",
+                     help="reconcile the zone through the domain's DnsServer (dnsManagement Automatic)")
     for kind in ("blocked", "allowed"):
         p = sub.add_parser(kind, help=f"list or change the {kind} IP list (live, persistent)")
         _common(p, suppress=True)
@@ -196,6 +198,10 @@ def _dns_records(args) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"stalwart-cli: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "publish", False):
+        from .services.dnsproviders.commands import publish_command
+
+        return publish_command(cfg, domain, _data_dir(args))
     print("\n".join(zone_lines(records(cfg, domain))))
     return 0
 

@@ -38,6 +38,7 @@ class Domain(_Member, kw_only=True):
     # tls.md §7.1 and services.md §2.4 (issue 11: ACME and DNS providers)
     certificate_management: CertificateManagement = msgspec.field(default_factory=CertificateManual)
     dns_management: DnsManagement = msgspec.field(default_factory=DnsManagementManual)
+    report_address_uri: str | None = None  # services.md §2.6: DMARC/TLS-RPT rua, CAA iodef ("mailto:postmaster")
 
 
 class Account(_Member, kw_only=True):

@@ -1,0 +1,103 @@
+"""Managed record sets (services.md §2.4-§2.6) computed from the configuration and reconciled into
+a real zone (Knot, RFC 2136): missing records added, stale ones replaced, foreign ones kept."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+
+from knot_util import HAVE_KNOT, Knot
+from stalwart.config import parse_bytes  # the model first: it imports the provider structs
+from stalwart.services.dnsproviders.managed import caa_family, managed_records, owned_txt, publish, txt_family
+
+FOREIGN = '@ TXT "google-site-verification=abc"\n@ TXT "v=spf1 -all"\n@ MX 50 backup.other.test.\n'
+
+
+def config(knot_server: dict | None = None, priority: int = 10, **domain) -> dict:
+    dom = {"name": "example.test", "reportAddressUri": "mailto:postmaster", **domain}
+    if knot_server is not None:
+        dom["dnsManagement"] = {"@type": "Automatic", "dnsServerId": "knot"}
+    cfg = {"SystemSettings": {"defaultHostname": "mail.example.test",
+                              "mailExchangers": [{"hostname": "mail.example.test", "priority": priority}]},
+           "NetworkListener": [{"name": "imaps", "protocol": "imap", "bind": ["127.0.0.1:993"], "tlsImplicit": True},
+                               {"name": "https", "protocol": "http", "bind": ["127.0.0.1:443"], "tlsImplicit": True}],
+           "Domain": [dom]}
+    if knot_server is not None:
+        cfg["DnsServer"] = [knot_server]
+    return cfg
+
+
+def parse(cfg: dict):
+    return parse_bytes(json.dumps(cfg).encode())
+
+
+def test_record_set_from_configuration():
+    rows = managed_records(parse(config()), "example.test")
+    got = {(o, t, v) for o, t, v, _k in rows}
+    assert ("example.test.", "MX", "10 mail.example.test.") in got
+    assert ("mail.example.test.", "TXT", "v=spf1 a -all") in got
+    assert ("example.test.", "TXT", "v=spf1 mx -all") in got
+    assert ("_dmarc.example.test.", "TXT", "v=DMARC1; p=reject; rua=mailto:postmaster@example.test") in got
+    assert ("_smtp._tls.example.test.", "TXT", "v=TLSRPTv1; rua=mailto:postmaster@example.test") in got
+    assert ("autoconfig.example.test.", "CNAME", "mail.example.test.") in got
+    assert ("_imaps._tcp.example.test.", "SRV", "0 1 993 mail.example.test.") in got
+    assert all(o.endswith(".") for o, *_ in rows)
+    only_mx = managed_records(parse(config()), "example.test", publish=["mx"])
+    assert [r[1] for r in only_mx] == ["MX"]
+
+
+def test_caa_with_automatic_certificates(tmp_path):
+    cfg = config(certificateManagement={"@type": "Automatic", "acmeProviderId": "le"})
+    cfg["AcmeProvider"] = [{"id": "le", "contact": ["a@example.test"], "challengeType": "Dns01"}]
+    from stalwart.services.acme.jws import AccountKey
+    from stalwart.services.acme.state import AcmeState
+
+    AcmeState(str(tmp_path)).save_account("le", "https://acme-v02.api.letsencrypt.org/directory",
+                                          AccountKey.generate(), "https://acme.example/acct/1", [])
+    rows = {(o, t, v) for o, t, v, _k in managed_records(parse(cfg), "example.test", str(tmp_path))}
+    assert ("example.test.", "CAA", '0 issue "letsencrypt.org; accounturi=https://acme.example/acct/1"') in rows
+    assert ("example.test.", "CAA", '0 iodef "mailto:postmaster@example.test"') in rows
+    assert ("_validation-persist.example.test.", "TXT",
+            "letsencrypt.org; accounturi=https://acme.example/acct/1; policy=wildcard") in rows
+
+
+def test_family_rules():
+    assert txt_family("v=spf1 mx -all") == "spf1" and txt_family("V=DMARC1; p=none") == "dmarc1"
+    assert txt_family("google-site-verification=x") is None
+    assert caa_family('0 issue "letsencrypt.org; accounturi=x"') == ("issue", "letsencrypt.org")
+    assert owned_txt("_dmarc.example.test.") and owned_txt("s1._domainkey.example.test.")
+    assert not owned_txt("example.test.")
+
+
+@pytest.mark.skipif(not HAVE_KNOT, reason="knot is not installed (scripts/test-deps)")
+def test_reconcile_against_knot(tmp_path):
+    knot = Knot(str(tmp_path / "knot"), records=FOREIGN).start()
+    try:
+        data = str(tmp_path / "data")
+        cfg = parse(config(knot.server()))
+        changes = asyncio.run(publish(cfg, "example.test", data))
+        assert changes
+        assert knot.query("example.test", "MX") == ["10 mail.example.test.", "50 backup.other.test."]
+        assert knot.txt("example.test") == ["google-site-verification=abc", "v=spf1 mx -all"]  # spf replaced
+        assert knot.txt("_dmarc.example.test") == ["v=DMARC1; p=reject; rua=mailto:postmaster@example.test"]
+        assert knot.query("autoconfig.example.test", "CNAME") == ["mail.example.test."]
+        assert knot.query("_imaps._tcp.example.test", "SRV") == ["0 1 993 mail.example.test."]
+        assert asyncio.run(publish(cfg, "example.test", data)) == []  # idempotent
+        # The MX this server published changes; the hand-made one stays.
+        cfg2 = parse(config(knot.server(), priority=20))
+        asyncio.run(publish(cfg2, "example.test", data))
+        assert knot.query("example.test", "MX") == ["20 mail.example.test.", "50 backup.other.test."]
+        # Through the CLI, offline from --config and --data-dir.
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(config(knot.server(), priority=30)))
+        out = subprocess.run([sys.executable, "-c", "import sys; from stalwart.cli import cli_main; sys.exit(cli_main())",
+                              "--config", str(path), "--data-dir", data, "dns-records", "example.test", "--publish"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert "record sets changed" in out.stdout
+        assert knot.query("example.test", "MX") == ["30 mail.example.test.", "50 backup.other.test."]
+    finally:
+        knot.stop()
