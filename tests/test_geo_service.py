@@ -334,3 +334,57 @@ def test_event_keys_and_management_answer(server, tmp_path):
     assert asyncio.run(geo.answer("x"))["ok"] is False
     off = GeoService(cfg_of({"@type": "Disabled"}), str(tmp_path))
     assert "disabled" in asyncio.run(off.answer("1.0.0.1"))["error"]
+
+
+@pytest.mark.slow
+def test_readers_in_other_processes_see_whole_tables_during_rebuilds(tmp_path):
+    """Two forked readers look up continuously while the table is rebuilt 30 times, alternating
+    between two data sets: every answer is one whole data set's, never a torn or missing one."""
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("".join(f"{i}.0.0.0,{i}.255.255.255,{1000 + i},A\n" for i in range(1, 100)))
+    b.write_text("".join(f"{i}.0.0.0,{i}.255.255.255,{2000 + i},B\n" for i in range(1, 100)))
+    cfg_a = cfg_of({"@type": "Resource", "asnUrls": [f"file://{a}"]})
+    cfg_b = cfg_of({"@type": "Resource", "asnUrls": [f"file://{b}"]})
+    build(cfg_a, str(tmp_path), "asn", Events())
+    readers = []
+    for _ in range(2):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # reader: bounded in time, reports (lookups, bad answers, tables seen)
+            os.close(r)
+            code = 0
+            try:
+                geo = GeoService(cfg_a, str(tmp_path))
+                rng = random.Random(os.getpid())
+                seen, bad, n = set(), 0, 0
+                deadline = time.monotonic() + 4.0
+                while time.monotonic() < deadline:
+                    i = rng.randint(1, 99)
+                    info = geo.lookup(bytes([i, 1, 2, 3]))
+                    n += 1
+                    if info is None or info.asn not in (1000 + i, 2000 + i) or info.asn_name != (
+                            "A" if info.asn < 2000 else "B"):
+                        bad += 1
+                    else:
+                        seen.add(info.asn_name)
+                os.write(w, f"{n} {bad} {''.join(sorted(seen))}".encode())
+            except BaseException:  # noqa: BLE001 - the child must never return into pytest
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(w)
+        readers.append((pid, r))
+    deadline = time.monotonic() + 3.0
+    builds = 0
+    while time.monotonic() < deadline and builds < 30:
+        build(cfg_b if builds % 2 == 0 else cfg_a, str(tmp_path), "asn", Events())
+        builds += 1
+        time.sleep(0.08)
+    for pid, r in readers:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        n, bad, seen = os.read(r, 100).decode().split()
+        os.close(r)
+        assert int(n) > 1000 and int(bad) == 0
+        assert seen == "AB"  # both data sets were served: the readers followed the rebuilds
+    assert builds >= 10
