@@ -14,9 +14,10 @@ def config(doc: dict):
     return parse_bytes(json.dumps(doc).encode(), source="<test>")
 
 
-def session(service: HttpService | None = None, remote_ip: str = "192.0.2.9", **extra) -> HttpSession:
+def session(service: HttpService | None = None, remote_ip: str = "192.0.2.9", tls: bool = False,
+            **extra) -> HttpSession:
     ctx = SessionContext(hostname="mail.example.com", listener="http", protocol="http",
-                         remote_ip=remote_ip, remote_port=4000, local_port=443)
+                         remote_ip=remote_ip, remote_port=4000, local_port=443, tls_active=tls)
     ctx.extra.update(extra)
     return HttpSession(ctx, service=service)
 

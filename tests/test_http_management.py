@@ -46,7 +46,7 @@ def auth(user="admin", password="s3cret"):
 
 def call(method, target, body=b"", authorization=None, svc=None, **extra):
     svc = svc or HttpService(config(CFG), data_dir="/nonexistent")
-    core = session(svc, **extra)
+    core = session(svc, **{"tls": True, **extra})
     hdrs = "Host: x\r\n" + (f"Authorization: {authorization}\r\n" if authorization else "")
     if body or method in ("POST", "DELETE"):
         hdrs += f"Content-Length: {len(body)}\r\n"
@@ -134,7 +134,7 @@ def test_disabled_without_administrators(control):
 
 
 def test_pipelined_request_waits_for_the_deferred_one(control):
-    core = session(HttpService(config(CFG), data_dir="/x"))
+    core = session(HttpService(config(CFG), data_dir="/x"), tls=True)
     a = auth()
     core.receive_data((f"GET /api/status HTTP/1.1\r\nHost: x\r\nAuthorization: {a}\r\n\r\n"
                        "GET /healthz/live HTTP/1.1\r\nHost: x\r\n\r\n").encode())
@@ -151,7 +151,7 @@ def test_pipelined_request_waits_for_the_deferred_one(control):
 def test_failure_that_bans_is_answered_429(control):
     svc = HttpService(config(CFG), data_dir="/x")
     banned = []
-    core = session(svc, is_blocked=lambda packed: bool(banned))
+    core = session(svc, tls=True, is_blocked=lambda packed: bool(banned))
     core.receive_data(f"GET /api/status HTTP/1.1\r\nHost: x\r\nAuthorization: {auth(password='x')}\r\n\r\n".encode())
     ev = core.next_event()
     result = ev.fn(*ev.args)
@@ -174,3 +174,13 @@ def test_authenticated_rate_limit(control):
     assert statuses == [200, 200, 429] and len(control) == 2  # the refused one never reached the master
     reply = call("GET", "/api/status", authorization=auth(), svc=svc, counters=counters)
     assert reply.headers["ratelimit-policy"] == '"authenticated";q=2;w=60'
+
+
+def test_credentials_only_over_tls_loopback_or_allowed_plaintext(control):
+    reply = call("GET", "/api/status", authorization=auth(), tls=False)
+    assert reply.status == 403 and "TLS" in reply.json()["detail"] and control == []
+    assert call("GET", "/api/status", authorization=auth(), tls=False, remote_ip="127.0.0.1").status == 200
+    assert call("GET", "/api/status", authorization=auth(), tls=False, remote_ip="::1").status == 200
+    lst = {"name": "http", "protocol": "http", "bind": ["192.0.2.1:8080"], "allowPlainTextAuth": True}
+    svc = HttpService(config({**CFG, "NetworkListener": [lst]}), data_dir="/x")
+    assert call("GET", "/api/status", authorization=auth(), svc=svc, tls=False).status == 200

@@ -17,7 +17,9 @@ POST     ``/api/reload``                  reload the configuration (same as SIGH
 GET      ``/metrics``                     Prometheus text exposition format 0.0.4
 =======  ===============================  ==========================================================
 
-A failed login is reported as ``auth.failed`` (security.md §4: counted by the auth ban category) and
+Credentials are taken only over TLS (implicit, or TLS terminated by a PROXY-protocol proxy), from
+loopback clients, or on listeners with ``allowPlainTextAuth`` (a TLS-terminating reverse proxy in
+front). A failed login is reported as ``auth.failed`` (security.md §4: counted by the auth ban category) and
 answered after a random 50–500 ms delay; a request without credentials is not counted.
 """
 from __future__ import annotations
@@ -119,6 +121,7 @@ class ManagementApi:
         self.limits = limits if limits is not None else RateLimits(cfg)
         self.directory = Directory.from_config(cfg)
         self.protocols = [(lst.name, lst.protocol) for lst in cfg.NetworkListener]
+        self.plaintext_ok = {lst.name for lst in cfg.NetworkListener if lst.allow_plain_text_auth}
         self.admins = {n.lower() for n in cfg.Http.administrators}
         self.data_dir = data_dir
         self.enabled = bool(self.admins) and data_dir is not None
@@ -134,6 +137,10 @@ class ManagementApi:
         if isinstance(plan, Response):
             return plan
         calls, render = plan
+        if not (ctx.tls_active or ctx.listener in self.plaintext_ok or _is_loopback(req.client_packed)):
+            # An administrator password must not cross the network in clear. Behind a reverse
+            # proxy that terminates TLS, set allowPlainTextAuth on the listener it connects to.
+            return problem(403, "The management API needs TLS on this listener.")
         creds = basic_credentials(req.header(b"authorization"))
         if creds is None:
             return _unauthorized()  # no credentials: not a failed login (security.md §4)
@@ -212,6 +219,10 @@ class ManagementApi:
         if method != "DELETE":
             return _allow("DELETE")
         return [(f"{kind}.remove", {"address": rest}, CONTROL_TIMEOUT)], _removed
+
+
+def _is_loopback(packed: bytes) -> bool:
+    return (len(packed) == 4 and packed[0] == 127) or packed == b"\0" * 15 + b"\1"
 
 
 def _allow(methods: str) -> Response:
