@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .. import events
 from .._fast import load as load_kernel
-from .._fast import proxy_errors
+from .._fast import clienthello_errors, proxy_errors
 from ..protocols.base import NEED_DATA, Blocking, Delay, Send, SessionContext, StartTls
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ _NONE, _HANDSHAKING, _ACTIVE, _FAILED = range(4)  # tls_state
 _SESSION, _PROXY, _GUARD_TLS = range(3)  # stage: where incoming bytes go
 
 proxy = load_kernel("proxy")
+clienthello = load_kernel("clienthello")
 _MAPPED = b"\x00" * 10 + b"\xff\xff"
 
 
@@ -46,7 +47,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "worker", "lr", "transport", "core", "remote_ip", "remote_port", "local_port", "packed",
         "exempt", "held", "last_active", "started", "span", "shutting_down", "tls_state", "stage",
-        "buf", "guard_pending", "proxy_header", "_closing",
+        "buf", "guard_pending", "proxy_header", "hello_want", "_closing",
     )
 
     def __init__(self, worker: Worker, lr: ListenerRuntime):
@@ -114,17 +115,7 @@ class Connection(asyncio.Protocol):
         elif stage == _PROXY:
             self._proxy_data(data)
         else:  # _GUARD_TLS: the first bytes on an implicit-TLS listener, before the handshake
-            self.buf += data
-            verdict = proxy.looks_like_proxy(bytes(self.buf[:12]))
-            if verdict is None:
-                return
-            if verdict:
-                self._untrusted_proxy()
-                return
-            pending = bytes(self.buf)
-            self.buf = bytearray()
-            self.stage = _SESSION
-            self._begin_tls(pending)
+            self._peek_tls(data)
 
     def eof_received(self) -> bool:
         if self.stage == _PROXY and not self._closing:
@@ -167,13 +158,12 @@ class Connection(asyncio.Protocol):
         """Steps 6-9: socket options, first-bytes guard, implicit TLS, session start."""
         self._apply_socket_options(self.transport)
         if self.lr.implicit_tls:
-            if guard:
-                self.stage = _GUARD_TLS
-                self.buf = bytearray()
-                if pending:
-                    self.data_received(pending)
-            else:
-                self._begin_tls(pending)
+            self.stage = _GUARD_TLS
+            self.guard_pending = guard
+            self.buf = bytearray()
+            self.hello_want = 1
+            if pending:
+                self._peek_tls(pending)
             return
         self.guard_pending = guard
         self._start_session()
@@ -194,6 +184,36 @@ class Connection(asyncio.Protocol):
             self._untrusted_proxy()
             return b""
         return bytes(buf)
+
+    def _peek_tls(self, data: bytes) -> None:
+        """Implicit TLS, before the handshake: the first-bytes guard (untrusted peers), then the
+        ClientHello is read whole so non-TLS bytes end with a clear event (tls.md §2) and the
+        SNI/ALPN are known before OpenSSL sees anything; the bytes are then replayed into TLS."""
+        self.buf += data
+        if self.guard_pending:
+            verdict = proxy.looks_like_proxy(bytes(self.buf[:12]))
+            if verdict is None:
+                return
+            if verdict:
+                self._untrusted_proxy()
+                return
+            self.guard_pending = False
+        if len(self.buf) < self.hello_want:
+            return  # the kernel said nothing can change before this many bytes
+        try:
+            hello, self.hello_want = clienthello.peek_with_hint(self.buf)
+        except clienthello_errors.ClientHelloError as exc:
+            events.emit("tls.handshake-error", ListenerId=self.lr.name, LocalPort=self.local_port,
+                        RemoteIp=self.remote_ip, RemotePort=self.remote_port, Reason="not-tls",
+                        Details=f"{exc.reason}; sent {clienthello.classify(bytes(self.buf[:64]))}")
+            self.close()
+            return
+        if hello is None:
+            return
+        pending = bytes(self.buf)
+        self.buf = bytearray()
+        self.stage = _SESSION
+        self._begin_tls(pending, hello)
 
     def _untrusted_proxy(self) -> None:
         events.emit("network.proxy-untrusted", ListenerId=self.lr.name, LocalPort=self.local_port,
@@ -257,7 +277,7 @@ class Connection(asyncio.Protocol):
                             Elapsed=int((self.worker.loop.time() - self.started) * 1000))
 
     # -- TLS --------------------------------------------------------------------------------------
-    def _begin_tls(self, pending: bytes = b"") -> None:
+    def _begin_tls(self, pending: bytes = b"", hello=None) -> None:
         """Put a TLS layer between the socket and this protocol, synchronously.
 
         ``loop.start_tls()`` would do the same from a task, but uvloop starts reading a new
@@ -267,7 +287,7 @@ class Connection(asyncio.Protocol):
         is done; ``tlsTimeout`` bounds the handshake (network.md §3).
         """
         lr = self.lr
-        ctx: ssl.SSLContext | None = self.worker.tls_context(lr)
+        ctx: ssl.SSLContext | None = self.worker.tls_context(lr, hello)
         if ctx is None:
             events.emit("tls.not-configured", ListenerId=lr.name, SpanId=self.span)
             self.close()

@@ -208,7 +208,9 @@ class Worker:
                 events.emit("network.closed", SpanId=conn.span, Reason="address blocked")
                 conn.abort()
 
-    def tls_context(self, lr: ListenerRuntime) -> ssl.SSLContext | None:
+    def tls_context(self, lr: ListenerRuntime, hello=None) -> ssl.SSLContext | None:
+        """The context for a handshake on ``lr``; ``hello`` is the peeked ClientHello (SNI, ALPN)
+        when the listener is implicit TLS, None for STARTTLS."""
         store = self.plan.tls
         return store.context_for(lr.name) if store is not None else None
 
