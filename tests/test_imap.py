@@ -224,3 +224,22 @@ def test_overlong_lines_end_sasl_and_idle(tmp_path):
     login(core)
     out = replies(drive(core, [b"i IDLE\r\n", b"y" * 9000 + b"\r\nc NOOP\r\n"]))
     assert out == b"+ idling\r\ni BAD Line too long.\r\nc OK NOOP completed.\r\n"
+
+
+def test_search_headers_text_and_dates(tmp_path):
+    md = seed(tmp_path, 2)
+    md.deliver(b"From: carol@else.test\r\nSubject: Other\r\nDate: Tue, 01 Dec 2026 08:00:00 +0000\r\n\r\nNeedle here\r\n")
+    core = imap(tmp_path)
+    login(core)
+    drive(core, [b"s SELECT INBOX\r\n"])
+    cases = {
+        b'SUBJECT "hello 1"': b"2", b"FROM alice": b"1 2", b'HEADER Message-ID "1@remote"': b"1 2",
+        b"BODY needle": b"3", b"TEXT CAROL": b"3", b"NOT FROM alice": b"3", b"OR SUBJECT other BODY 'x'": b"3",
+        b"SENTON 23-Nov-2026": b"1 2", b"SENTSINCE 1-Dec-2026": b"3", b"SINCE 1-Jan-2000": b"1 2 3",
+        b"BEFORE 1-Jan-2000": b"", b"HEADER X-None \"\"": b"", b"(FROM alice SUBJECT 0)": b"1",
+    }
+    for query, hits in cases.items():
+        out = replies(drive(core, [b"q SEARCH " + query + b"\r\n"]))
+        assert out == b"* SEARCH" + (b" " + hits if hits else b"") + b"\r\nq OK SEARCH completed.\r\n", query
+    out = replies(drive(core, [b"q SEARCH SENTON 31-Feb-2026\r\nr SEARCH FROM\r\n"]))
+    assert out == b"q BAD invalid date.\r\nr BAD FROM needs an argument.\r\n"

@@ -528,13 +528,24 @@ class ImapSession(LineSession):
                 self._send(f"{tag} NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset.\r\n".encode())
                 return
             toks = toks[2:]
-        predicate = parse_search(toks)
-        largest_seq = len(self.msgs)
-        largest_uid = self.msgs[-1].uid if self.msgs else 0
-        hits = [(m.uid if uid else i) for i, m in enumerate(self.msgs, 1)
-                if predicate(i, m, largest_seq, largest_uid)]
-        line = b"* SEARCH" + b"".join(b" %d" % h for h in hits) + b"\r\n"
-        self._ok(tag, f"{'UID ' if uid else ''}SEARCH completed.", line)
+        search = parse_search(toks)
+        msgs = list(self.msgs)
+
+        def done(res, error):
+            if error is not None:
+                self._send(f"{tag} NO [SERVERBUG] Cannot read messages.\r\n".encode())
+                return
+            largest_seq = len(msgs)
+            largest_uid = msgs[-1].uid if msgs else 0
+            hits = [(m.uid if uid else i) for i, ((m, data)) in enumerate(res, 1)
+                    if search.matches(i, m, largest_seq, largest_uid, data)]
+            line = b"* SEARCH" + b"".join(b" %d" % h for h in hits) + b"\r\n"
+            self._ok(tag, f"{'UID ' if uid else ''}SEARCH completed.", line)
+
+        if search.needs_content and msgs:
+            self._block(_fetch_job, (self.maildir, msgs, True, False), done)  # reads; sets no flags
+        else:
+            done([(m, None) for m in msgs], None)
 
     def _cmd_expunge(self, tag: str, toks: list, close: bool = False) -> None:
         if self.readonly:
