@@ -228,7 +228,8 @@ def test_overlong_lines_end_sasl_and_idle(tmp_path):
 
 def test_search_headers_text_and_dates(tmp_path):
     md = seed(tmp_path, 2)
-    md.deliver(b"From: carol@else.test\r\nSubject: Other\r\nDate: Tue, 01 Dec 2026 08:00:00 +0000\r\n\r\nNeedle here\r\n")
+    md.deliver(b"From: carol@else.test\r\nSubject: Other\r\nDate: Tue, 01 Dec 2026 08:00:00 +0000\r\n\r\n"
+               b"Needle here\r\n")
     core = imap(tmp_path)
     login(core)
     drive(core, [b"s SELECT INBOX\r\n"])
