@@ -50,7 +50,8 @@ def test_record_set_from_configuration():
 
 
 def test_caa_with_automatic_certificates(tmp_path):
-    cfg = config(certificateManagement={"@type": "Automatic", "acmeProviderId": "le"})
+    tsig = {"@type": "Tsig", "id": "knot", "host": "127.0.0.1", "keyName": "k", "key": {"@type": "Value", "secret": "a2V5"}}
+    cfg = config(tsig, certificateManagement={"@type": "Automatic", "acmeProviderId": "le"})
     cfg["AcmeProvider"] = [{"id": "le", "contact": ["a@example.test"], "challengeType": "Dns01"}]
     from stalwart.services.acme.jws import AccountKey
     from stalwart.services.acme.state import AcmeState

@@ -169,6 +169,9 @@ def validate(cfg: Config) -> None:
     from ..accounts.model import validate_accounts
 
     validate_accounts(cfg)
+    from ..services.acme.validate import validate_acme
+
+    validate_acme(cfg)
     account_names = {a.name.lower() for a in cfg.Account}
     for i, name in enumerate(cfg.Http.administrators):
         if name.lower() not in account_names:

@@ -1,0 +1,209 @@
+"""ACME pieces without a CA: JWS, key authorizations, renewal arithmetic, names, configuration
+rules, the challenge store and its HTTP route, and the scheduler's retry rules (tls.md §6-§7)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from hypothesis import given, strategies as st
+
+from stalwart.config import parse_bytes
+from stalwart.errors import ConfigError
+from stalwart.protocols.base import SessionContext
+from stalwart.protocols.http.service import HttpService
+from stalwart.services.acme.challenges import ID_PE_ACME_IDENTIFIER, ChallengeStore, tls_alpn_certificate
+from stalwart.services.acme.client import HttpResponse, links, retry_after
+from stalwart.services.acme.jws import AccountKey, b64u, b64u_decode, external_account_binding
+from stalwart.services.acme.renewal import renew_at, requested_names
+from stalwart.services.acme.scheduler import AcmeScheduler, long_retry
+from stalwart.tls.certs import generate_self_signed
+
+
+def test_jws_es256_verifies_and_thumbprint_is_rfc7638():
+    key = AccountKey.generate()
+    jws = json.loads(key.sign("https://ca/new-order", {"a": 1}, nonce="n1", kid="https://ca/acct/1"))
+    protected = json.loads(b64u_decode(jws["protected"]))
+    assert protected == {"alg": "ES256", "kid": "https://ca/acct/1", "nonce": "n1", "url": "https://ca/new-order"}
+    sig = b64u_decode(jws["signature"])
+    assert len(sig) == 64  # fixed-length r || s, not DER
+    der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+    key.key.public_key().verify(der, f"{jws['protected']}.{jws['payload']}".encode(), ec.ECDSA(hashes.SHA256()))
+    as_get = json.loads(key.sign("https://ca/x", None, nonce="n", kid="k"))
+    assert as_get["payload"] == ""  # POST-as-GET
+    jwk_form = json.loads(b64u_decode(json.loads(key.sign("u", {}, nonce="n", kid=None))["protected"]))
+    assert jwk_form["jwk"] == key.jwk and "kid" not in jwk_form
+    canonical = json.dumps({k: key.jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":")).encode()
+    assert key.thumbprint == b64u(hashlib.sha256(canonical).digest())
+    assert key.key_authorization("tok") == f"tok.{key.thumbprint}"
+    assert AccountKey.from_pem(key.to_pem()).jwk == key.jwk
+
+
+def test_eab_is_hs256_over_the_jwk():
+    key = AccountKey.generate()
+    mac = b64u(b"k" * 32)
+    eab = external_account_binding(key, "kid-1", mac, "https://ca/new-account")
+    assert json.loads(b64u_decode(eab["protected"])) == {"alg": "HS256", "kid": "kid-1", "url": "https://ca/new-account"}
+    assert json.loads(b64u_decode(eab["payload"])) == key.jwk
+    with pytest.raises(ValueError):
+        external_account_binding(key, "kid-1", "not+base64url=", "u")
+
+
+@given(st.binary(max_size=200))
+def test_b64u_roundtrip(data):
+    assert b64u_decode(b64u(data)) == data and "=" not in b64u(data)
+
+
+@pytest.mark.parametrize("ratio,days", [("R12", 45), ("R23", 60), ("R34", 67.5), ("R45", 72)])
+def test_renew_at_is_the_elapsed_fraction(ratio, days):
+    cert = generate_self_signed(["a.test"], 1_000_000)
+    span = cert.not_valid_after - cert.not_valid_before
+    expected = cert.not_valid_before + int(span * {"R12": 1 / 2, "R23": 2 / 3, "R34": 3 / 4, "R45": 4 / 5}[ratio])
+    assert abs(renew_at(cert, ratio) - expected) <= 1
+    ninety = 90 * 86400
+    frac = {"R12": (1, 2), "R23": (2, 3), "R34": (3, 4), "R45": (4, 5)}[ratio]
+    assert ninety * frac[0] // frac[1] == days * 86400
+
+
+def _cfg(extra: dict) -> object:
+    base = {"SystemSettings": {"defaultHostname": "mail.example.test"},
+            "AcmeProvider": [{"id": "p", "contact": [" mailto:admin@example.test "], "challengeType": "Http01"}],
+            "Domain": [{"name": "example.test",
+                        "certificateManagement": {"@type": "Automatic", "acmeProviderId": "p"}}]}
+    for key, value in extra.items():
+        base[key] = value
+    return parse_bytes(json.dumps(base).encode())
+
+
+def test_requested_names_follow_the_challenge_type():
+    cfg = _cfg({})
+    dom, prov = cfg.Domain[0], cfg.AcmeProvider[0]
+    assert requested_names(cfg, "example.test", dom.certificate_management, prov) == [
+        "autoconfig.example.test", "autodiscover.example.test", "mail.example.test", "mta-sts.example.test",
+        "ua-auto-config.example.test"]
+    prov.challenge_type = "Dns01"
+    assert requested_names(cfg, "example.test", dom.certificate_management, prov) == ["*.example.test", "example.test"]
+    dom.certificate_management.subject_alternative_names = ["*", "imap", "other.example.org"]
+    assert requested_names(cfg, "example.test", dom.certificate_management, prov) == [
+        "*.example.test", "imap.example.test", "other.example.org"]
+
+
+def test_configuration_rules():
+    cfg = _cfg({})
+    assert cfg.AcmeProvider[0].contact == ["mailto:admin@example.test"]  # trimmed, mailto: added back
+    bad = [
+        ({"AcmeProvider": [{"id": "p", "contact": ["nope"]}]}, "$.AcmeProvider[0].contact[0]"),
+        ({"AcmeProvider": [{"id": "p", "contact": ["a@b.test"], "directory": "http://ca.test/dir"}]},
+         "$.AcmeProvider[0].directory"),
+        ({"AcmeProvider": [{"id": "q", "contact": ["a@b.test"]}]}, "$.Domain[0].certificateManagement.acmeProviderId"),
+        ({"AcmeProvider": [{"id": "p", "contact": ["a@b.test"], "challengeType": "Dns01"}]},
+         "$.Domain[0].certificateManagement.acmeProviderId"),
+        ({"AcmeProvider": [{"id": "p", "contact": ["a@b.test"], "eabKeyId": "k",
+                            "eabHmacKey": {"@type": "Value", "secret": "a+b="}}]}, "$.AcmeProvider[0].eabHmacKey"),
+    ]
+    for extra, path in bad:
+        with pytest.raises(ConfigError) as info:
+            _cfg(extra)
+        assert info.value.path == path, (extra, info.value)
+
+
+def test_challenge_store_and_http_route(tmp_path):
+    store = ChallengeStore(str(tmp_path))
+    store.put_http("tok_en-1", "tok_en-1.thumb")
+    svc = HttpService(parse_bytes(b"{}"), data_dir=str(tmp_path))
+    ctx = SessionContext(hostname="h", listener="http", protocol="http", remote_ip="127.0.0.1", remote_port=1,
+                         local_port=80)
+    resp = svc.respond("GET", "/.well-known/acme-challenge/tok_en-1", [], b"", ctx)
+    assert (resp.status, resp.body, resp.content_type) == (200, b"tok_en-1.thumb", "text/plain")
+    assert svc.respond("GET", "/.well-known/acme-challenge/unknown", [], b"", ctx).status == 404
+    assert svc.respond("GET", "/.well-known/acme-challenge/tok_en-1%2Fx", [], b"", ctx).status == 404
+    assert svc.respond("GET", "/.well-known/acme-challenge/..%2F..%2Fetc", [], b"", ctx).status == 403  # banned path
+    assert svc.respond("POST", "/.well-known/acme-challenge/tok_en-1", [], b"", ctx).status == 405
+    store.remove_http("tok_en-1")
+    assert svc.respond("GET", "/.well-known/acme-challenge/tok_en-1", [], b"", ctx).status == 404
+    with pytest.raises(ValueError):
+        store.put_http("../x", "y")
+
+
+def test_tls_alpn_certificate_carries_the_critical_acme_identifier():
+    from cryptography import x509
+
+    cert_pem, _key = tls_alpn_certificate("mail.example.test", "tok.thumb")
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    ext = cert.extensions.get_extension_for_oid(ID_PE_ACME_IDENTIFIER)
+    assert ext.critical
+    assert ext.value.value == b"\x04\x20" + hashlib.sha256(b"tok.thumb").digest()
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == ["mail.example.test"]
+
+
+def test_alpn_context_only_for_pending_names(tmp_path):
+    store = ChallengeStore(str(tmp_path))
+    assert store.alpn_context("mail.example.test") is None
+    assert store.alpn_context(None) is None
+    store.put_alpn("mail.example.test", "tok.thumb")
+    assert store.alpn_context("MAIL.example.test.") is not None
+    store.remove_alpn("mail.example.test")
+    assert store.alpn_context("mail.example.test") is None
+
+
+def test_retry_after_and_links():
+    assert retry_after(HttpResponse(429, [("retry-after", "30")]), 0) == 30
+    assert retry_after(HttpResponse(429, [("retry-after", "Thu, 01 Jan 1970 00:01:40 GMT")]), 40) == 60
+    assert retry_after(HttpResponse(200), 0) is None
+    resp = HttpResponse(200, [("link", '<https://ca/cert/1/alt/1>;rel="alternate", <https://ca/dir>;rel="index"'),
+                              ("link", "<https://ca/cert/1/alt/2>; rel=alternate")])
+    assert links(resp, "alternate") == ["https://ca/cert/1/alt/1", "https://ca/cert/1/alt/2"]
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_scheduler_retries_with_backoff_and_never_drops_the_schedule(tmp_path):
+    clock = _Clock()
+    installed = []
+    sch = AcmeScheduler(str(tmp_path), lambda: installed.append(1), clock=clock, rng=random.Random(1))
+    cfg = _cfg({"AcmeProvider": [{"id": "p", "contact": ["a@b.test"], "challengeType": "Http01", "maxRetries": 3}]})
+    sch.configure(cfg)
+    entry = sch.entries["example.test"]
+    assert entry["due"] == clock.now and entry["status"] == "pending"
+    temp = {"ok": False, "error": "timeout", "kind": "Http", "temporary": True, "retryAfter": None}
+    waits = []
+    for _ in range(6):
+        before = clock.now
+        sch._finished("example.test", temp)
+        waits.append(sch.entries["example.test"]["due"] - before)
+        clock.now = sch.entries["example.test"]["due"]
+    assert 30 <= waits[0] <= 90 and 60 <= waits[1] <= 180 and 120 <= waits[2] <= 360  # 60 s x 2^n, jittered
+    assert waits[3:] == [long_retry(0), long_retry(1), long_retry(2)] == [3600, 7200, 14400]  # then 1 h, 2 h, 4 h
+    assert long_retry(3) == long_retry(9) == 21600
+    sch._finished("example.test", {"ok": False, "error": "slow", "kind": "Backoff", "temporary": True,
+                                   "retryAfter": 120.0})
+    assert sch.entries["example.test"]["due"] - clock.now >= 121
+    # "not due" is a success that schedules the renewal at renewAt.
+    sch._finished("example.test", {"ok": True, "result": {"status": "not-due", "renewAt": clock.now + 5000,
+                                                          "notAfter": clock.now + 9000, "names": []}})
+    assert sch.entries["example.test"]["due"] == clock.now + 5000 and sch.entries["example.test"]["attempts"] == 0
+    assert not installed
+    sch._finished("example.test", {"ok": True, "result": {"status": "issued", "renewAt": clock.now + 7000,
+                                                          "notAfter": clock.now + 9000, "names": ["a"]}})
+    assert installed == [1]
+    # Permanent failures wait for a configuration change, a manual renew, or the 6 h re-check.
+    sch._finished("example.test", {"ok": False, "error": "bad", "kind": "Invalid", "temporary": False})
+    assert sch.entries["example.test"]["status"] == "failed"
+    assert sch.command("renew", {"domain": "example.test"})["ok"]
+    assert sch.entries["example.test"]["due"] == clock.now and sch.entries["example.test"]["force"]
+    assert not sch.command("renew", {"domain": "other.test"})["ok"]
+    # The schedule survives a restart (a new scheduler reads it back).
+    again = AcmeScheduler(str(tmp_path), lambda: None, clock=clock)
+    assert again.entries["example.test"]["due"] == clock.now
+    sch.close()
