@@ -333,6 +333,9 @@ class Connection(asyncio.Protocol):
         sni = chosen.server_name if chosen is not None else None
         events.emit("tls.handshake", level="debug", ListenerId=self.lr.name, SpanId=self.span,
                     Version=version, Details=cipher, Hostname=sni or "")
+        if obj is not None and obj.selected_alpn_protocol() == "acme-tls/1":
+            self.close()  # TLS-ALPN-01 validation (RFC 8737 §3): the handshake is the whole exchange
+            return
         if self.core is None:
             self._start_session(sni)
         else:

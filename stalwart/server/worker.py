@@ -26,6 +26,7 @@ from ..protocols import session_factory
 from ..protocols.http.metrics import MetricsTable
 from ..security.access import AccessLists, load_runtime
 from ..security.autoban import AutoBan, SharedSecurity
+from ..services.acme.alpn import tls_alpn_responder
 from .plan import GenerationPlan, ListenerPlan
 
 ipset = load_kernel("ipset")
@@ -41,7 +42,7 @@ class ListenerRuntime:
     """A listener as one worker sees it: limits, TLS mode and its session constructor."""
 
     __slots__ = ("name", "index", "cfg", "protocol", "limit", "implicit_tls", "starttls", "tls_timeout",
-                 "factory", "sockets", "trust", "proxy_optional")
+                 "factory", "sockets", "trust", "proxy_optional", "acme_alpn")
 
     def __init__(self, plan: ListenerPlan, gen: GenerationPlan):
         cfg = plan.cfg
@@ -63,6 +64,8 @@ class ListenerRuntime:
             for net in networks:
                 self.trust.add_text(str(net))
         self.proxy_optional = cfg.protocol == "http" and gen.config.Http.use_x_forwarded
+        # TLS-ALPN-01 (tls.md §7.5): implicit-TLS HTTP listeners answer acme-tls/1 ClientHellos.
+        self.acme_alpn = tls_alpn_responder(gen.config, cfg, gen.extra.get("data_dir"))
 
 
 class Worker:
@@ -211,6 +214,10 @@ class Worker:
     def tls_context(self, lr: ListenerRuntime, hello=None) -> ssl.SSLContext | None:
         """The context for a handshake on ``lr``; ``hello`` is the peeked ClientHello (SNI, ALPN)
         when the listener is implicit TLS, None for STARTTLS."""
+        if hello is not None and lr.acme_alpn is not None:
+            ctx = lr.acme_alpn.context_for(hello)  # an ALPN list of exactly ["acme-tls/1"]
+            if ctx is not None:
+                return ctx
         store = self.plan.tls
         return store.context_for(lr.name) if store is not None else None
 
