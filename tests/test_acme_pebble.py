@@ -212,3 +212,58 @@ def test_dns01_wildcard_through_rfc2136(pebble_factory, tmp_path):
             srv.stop()
     finally:
         knot.stop()
+
+
+@pytest.mark.slow
+def test_tls_alpn01_issue_on_the_implicit_tls_listener(pebble_factory, tmp_path):
+    """TLS-ALPN-01 end to end: pebble connects to our implicit-TLS HTTP listener offering only
+    acme-tls/1, the peeked ClientHello gets the validation certificate, and afterwards ordinary
+    handshakes on the same listener present the issued chain."""
+    http_port, tls_port = free_port(), free_port()
+    peb = pebble_factory(http_port=http_port, tls_port=tls_port)
+    provider = {"id": "pebble", "directory": peb.directory_url, "challengeType": "TlsAlpn01",
+                "contact": ["admin@example.test"], "caFile": peb.ca_file}
+    domain = {"name": "example.test", "certificateManagement": {"@type": "Automatic", "acmeProviderId": "pebble",
+                                                                 "subjectAlternativeNames": ["mail"]}}
+    srv = Server(tmp_path / "srv", server_config(http_port, tls_port, provider, domain)).start()
+    try:
+        srv.wait_log("acme.certificate-issued", timeout=60)
+        issued = leaf_fingerprint(os.path.join(srv.data_dir, "acme", "certs", "example.test.pem"))
+        wait_for(lambda: presented_chain(tls_port, "mail.example.test")[0].fingerprint(hashes.SHA256()).hex()
+                 == issued, 10, "issued certificate served")
+        # With no pending challenge an acme-tls/1 hello gets the ordinary certificate.
+        assert presented_chain(tls_port, "mail.example.test", ["acme-tls/1"])[0].fingerprint(
+            hashes.SHA256()).hex() == issued
+        assert not os.listdir(os.path.join(srv.data_dir, "acme", "challenges", "tls-alpn-01"))  # cleaned up
+    finally:
+        srv.stop()
+
+
+def test_acme_tls_alpn_handshake_is_answered_then_closed(tmp_path):
+    """The responder path alone: a pending challenge answers an acme-tls/1 ClientHello with the
+    validation certificate (critical id-pe-acmeIdentifier) and the server closes the connection."""
+    from stalwart.services.acme.challenges import ID_PE_ACME_IDENTIFIER
+
+    tls_port = free_port()
+    cfg = {"SystemSettings": {"defaultHostname": "mail.example.test", "threadPoolSize": 1},
+           "NetworkListener": [listener("https", "http", tls_port, tlsImplicit=True)]}
+    srv = Server(tmp_path / "srv", cfg).start()
+    try:
+        ChallengeStore(srv.data_dir).put_alpn("mail.example.test", "tok.thumb")
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.set_alpn_protocols(["acme-tls/1"])
+        with socket.create_connection(("127.0.0.1", tls_port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="mail.example.test") as tls:
+                assert tls.selected_alpn_protocol() == "acme-tls/1"
+                cert = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+                ext = cert.extensions.get_extension_for_oid(ID_PE_ACME_IDENTIFIER)
+                assert ext.critical
+                tls.settimeout(5)
+                assert tls.recv(1) == b""  # closed by the server
+        # A normal client on the same listener still gets the ordinary certificate and an HTTP session.
+        normal = presented_chain(tls_port, "mail.example.test")[0]
+        with pytest.raises(x509.ExtensionNotFound):
+            normal.extensions.get_extension_for_oid(ID_PE_ACME_IDENTIFIER)
+    finally:
+        srv.stop()
