@@ -57,7 +57,9 @@ def test_defaults_and_config_paths():
     with pytest.raises(ConfigError) as exc:
         parse_bytes(json.dumps({"AiModel": [{"name": "m", "url": "http://x/", "model": "g"}]}).encode())
     assert "httpAuth" in str(exc.value)
-    llm = parse_bytes(json.dumps({"SpamLlm": {"@type": "Enable", "modelId": "0", "prompt": "p",
+    llm = parse_bytes(json.dumps({"AiModel": [{"name": "m", "url": "http://x/", "model": "g",
+                                               "httpAuth": {"@type": "Unauthenticated"}}],
+                                  "SpamLlm": {"@type": "Enable", "modelId": "0", "prompt": "p",
                                               "confidence": {"High": True, "Low": True}}}).encode()).SpamLlm
     assert isinstance(llm, SpamLlmEnable)
     assert (llm.temperature, llm.separator, llm.response_pos_category, llm.response_pos_confidence,
@@ -276,9 +278,8 @@ def test_at_most_eight_requests_in_flight_per_model(srv):
 def test_cross_object_validation(doc, path):
     from stalwart.services.ai.config import validate
 
-    cfg = parse_bytes(json.dumps(doc).encode())
     with pytest.raises(ConfigError) as exc:
-        validate(cfg)
+        validate(parse_bytes(json.dumps(doc).encode()))  # parse_bytes raises once loader.validate calls it
     assert exc.value.path == path
 
 
