@@ -205,3 +205,42 @@ def test_shutdown_mid_data_finishes_the_message_first(tmp_path):
     finally:
         srv.stop()
     assert any(b"start end" in m for m in inbox(srv, "jane"))
+
+
+def test_auth_offered_behind_a_tls_terminating_proxy(tmp_path):
+    """A trusted proxy's PROXY v2 header with the SSL TLV marks the session as TLS: AUTH is offered
+    and the Received header names the proxy's TLS facts."""
+    from stalwart._fast import proxy_py
+    from stalwart.accounts.sasl import encode_plain
+
+    port = free_port()
+    cfg = mail_config({n: free_port() for n in ("smtp", "submission", "lmtp", "pop3", "imap", "sieve", "rig")})
+    cfg["SystemSettings"]["proxyTrustedNetworks"] = ["127.0.0.2"]
+    cfg["NetworkListener"] = [listener("proxied", "smtp", port)]
+    srv = Server(tmp_path, cfg).start()
+    try:
+        s = socket.socket()
+        s.bind(("127.0.0.2", 0))
+        s.settimeout(10)
+        s.connect(("127.0.0.1", port))
+        s.sendall(proxy_py.build_v2(source="198.51.100.7", destination="127.0.0.1", source_port=40000,
+                                    destination_port=port,
+                                    tlvs=[proxy_py.ssl_tlv(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384")]))
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        s.sendall(b"EHLO laptop\r\n")
+        ehlo = [f.readline()]
+        while ehlo[-1].startswith(b"250-"):
+            ehlo.append(f.readline())
+        assert ehlo[-1] == b"250 AUTH PLAIN LOGIN\r\n" and not any(b"STARTTLS" in x for x in ehlo)
+        s.sendall(b"AUTH PLAIN " + encode_plain("jane", "jane-secret").encode() + b"\r\n"
+                  b"MAIL FROM:<jane@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n")
+        assert [f.readline()[:3] for _ in range(4)] == [b"235", b"250", b"250", b"354"]
+        s.sendall(b"Subject: proxied\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+        assert f.readline().startswith(b"250 ")
+        s.close()
+        msg = [m for m in inbox(srv, "bob") if b"Subject: proxied" in m][0]
+        assert msg.startswith(b"Received: from laptop ([198.51.100.7])\r\n\t(using TLSv1.3 with cipher "
+                              b"TLS_AES_256_GCM_SHA384)") and b"with ESMTPSA" in msg
+    finally:
+        srv.stop()
