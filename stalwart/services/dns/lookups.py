@@ -13,6 +13,8 @@ concurrent lookups of one name cause one query:
 * NXDOMAIN and NODATA are cached for the RFC 2308 §5 negative TTL (``min(SOA TTL, SOA MINIMUM)``,
   bounded by ``client.MAX_NEGATIVE_TTL``) and answer as "nothing"; without an SOA they are not
   cached; transport failures are never cached and raise :class:`DnsError`;
+* MTA-STS policies (``dnsMtaSts``) are fetched and cached by ``mtasts.MtaStsPolicies`` on top of
+  the ``_mta-sts`` TXT lookup here;
 * TLSA answers are cached only when the upstream vouched for them (AD flag; DANE needs a
   validating resolver, RFC 7671 §1.3), and only usages DANE-TA(2) / DANE-EE(3) with selector
   Full/SPKI and matching Full/SHA-256/SHA-512 are kept.
