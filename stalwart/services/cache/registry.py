@@ -71,7 +71,7 @@ class CacheRegistry:
         self._settings = settings
         for name, lc in self._loading.items():
             if name.endswith("Negative"):
-                lc._ttl = settings.negative_ttl_seconds  # noqa: SLF001 -- the default TTL it owns
+                lc._ttl = settings.negative_ttl_seconds  # the default TTL of plain loads
         return changed
 
     def built(self) -> Iterator[tuple[str, Any]]:

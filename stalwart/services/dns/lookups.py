@@ -25,12 +25,12 @@ import ipaddress
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import dns.name
 import dns.reversename
 
-from ..cache import NEGATIVE, Loaded, LoadingCache, Negative
+from ..cache import NEGATIVE, Loaded, LoadingCache
 from ..cache.registry import CacheRegistry
 from .client import Answer, DnsClient, DnsError, NegativeAnswer
 
@@ -303,8 +303,8 @@ class Resolver:
         return None if value is NEGATIVE else value
 
     # -- operators ---------------------------------------------------------------------------
-    LOOKUP_TYPES = ("A", "AAAA", "MX", "TXT", "PTR", "TLSA", "MTA-STS")
-    _CACHE_OF = {"A": "dnsIpv4", "AAAA": "dnsIpv6", "MX": "dnsMx", "TXT": "dnsTxt",
+    LOOKUP_TYPES: ClassVar[tuple[str, ...]] = ("A", "AAAA", "MX", "TXT", "PTR", "TLSA", "MTA-STS")
+    _CACHE_OF: ClassVar[dict[str, str]] = {"A": "dnsIpv4", "AAAA": "dnsIpv6", "MX": "dnsMx", "TXT": "dnsTxt",
                  "PTR": "dnsPtr", "TLSA": "dnsTlsa", "MTA-STS": "dnsTxt"}
 
     def cache_key(self, rtype: str, name: str) -> tuple[str, Any]:

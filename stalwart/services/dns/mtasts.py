@@ -146,7 +146,7 @@ class MtaStsPolicies:
         try:
             # shielded: a caller that goes away does not cancel the fetch the others wait for
             return await asyncio.shield(task)
-        except (MtaStsError, OSError, asyncio.TimeoutError, DnsError):
+        except (MtaStsError, OSError, TimeoutError, DnsError):
             return cache.get(key)
 
     async def _load(self, key: str, policy_id: str) -> MtaStsPolicy:
