@@ -267,3 +267,70 @@ def test_acme_tls_alpn_handshake_is_answered_then_closed(tmp_path):
             normal.extensions.get_extension_for_oid(ID_PE_ACME_IDENTIFIER)
     finally:
         srv.stop()
+
+
+class _ChallengeHttp:
+    """A plain HTTP-01 responder over the challenge store, for in-process renewals."""
+
+    def __init__(self, data_dir: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        store = ChallengeStore(data_dir)
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                answer = store.http_answer(self.path.rsplit("/", 1)[-1])
+                self.send_response(200 if answer else 404)
+                self.send_header("Content-Length", str(len(answer or b"")))
+                self.end_headers()
+                self.wfile.write(answer or b"")
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+@pytest.mark.slow
+def test_rollover_revoke_deactivate(pebble_factory, tmp_path):
+    """Operator actions (tls.md §6 "We do better") against pebble: the rolled-over key keeps
+    ordering, revocation is accepted once, and a deactivated account is replaced by a new one."""
+    from stalwart.config import parse_bytes
+    from stalwart.services.acme import actions
+    from stalwart.services.acme.renewal import renew
+    from stalwart.services.acme.state import AcmeState
+
+    data = str(tmp_path / "data")
+    web = _ChallengeHttp(data)
+    try:
+        peb = pebble_factory(http_port=web.port)
+        cfg = parse_bytes(json.dumps({
+            "AcmeProvider": [{"id": "p", "directory": peb.directory_url, "challengeType": "Http01",
+                              "contact": ["admin@example.test"], "caFile": peb.ca_file}],
+            "Domain": [{"name": "example.test", "certificateManagement": {
+                "@type": "Automatic", "acmeProviderId": "p", "subjectAlternativeNames": ["mail"]}}]}).encode())
+        first = asyncio.run(renew(cfg, "example.test", data))
+        assert first["status"] == "issued"
+        assert asyncio.run(renew(cfg, "example.test", data))["status"] == "not-due"
+        state = AcmeState(data)
+        old_key, uri, _ = state.load_account("p", peb.directory_url)
+        assert "now uses key" in asyncio.run(actions.rollover(cfg, "p", data))
+        new_key, same_uri, _ = state.load_account("p", peb.directory_url)
+        assert same_uri == uri and new_key.thumbprint != old_key.thumbprint
+        second = asyncio.run(renew(cfg, "example.test", data, force=True))  # orders with the new key
+        assert second["fingerprint"] != first["fingerprint"]
+        assert "revoked" in asyncio.run(actions.revoke(cfg, "example.test", data, reason=4))
+        with pytest.raises(AcmeProblem, match="alreadyRevoked"):
+            asyncio.run(actions.revoke(cfg, "example.test", data))
+        assert "deactivated" in asyncio.run(actions.deactivate(cfg, "p", data))
+        third = asyncio.run(renew(cfg, "example.test", data, force=True))  # registers a new account
+        assert third["status"] == "issued" and state.account_uri("p") not in (None, uri)
+    finally:
+        web.close()

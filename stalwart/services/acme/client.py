@@ -272,6 +272,34 @@ class AcmeClient:
         self._contact = list(contact)
         await self.post(self.account_uri or await self.register(), {"contact": self._contact})
 
+    async def change_key(self, new_key: AccountKey) -> None:
+        """RFC 8555 §7.3.5: the inner JWS (new key, ``jwk``, no nonce) inside one signed by the old key."""
+        d = await self.directory()
+        if "keyChange" not in d:
+            raise AcmeError("the CA offers no keyChange")
+        if self.account_uri is None:
+            await self.register()
+        inner = json.loads(new_key.sign(d["keyChange"], {"account": self.account_uri, "oldKey": self.key.jwk},
+                                        nonce=None, kid=None))
+        await self.post(d["keyChange"], inner)
+        self.key = new_key
+
+    async def deactivate(self) -> None:
+        """RFC 8555 §7.3.6: the account can no longer be used (irreversible)."""
+        if self.account_uri is None:
+            await self.register()
+        await self.post(self.account_uri, {"status": "deactivated"})
+
+    async def revoke(self, cert_der: bytes, reason: int | None = None) -> None:
+        """RFC 8555 §7.6, signed with the account key; ``reason`` is an RFC 5280 §5.3.1 code."""
+        d = await self.directory()
+        if "revokeCert" not in d:
+            raise AcmeError("the CA offers no revokeCert")
+        payload: dict = {"certificate": b64u(cert_der)}
+        if reason is not None:
+            payload["reason"] = reason
+        await self.post(d["revokeCert"], payload)
+
     # -- orders (RFC 8555 §7.4) --------------------------------------------------------------------
     async def issue(self, names: Sequence[str], solver: ChallengeSolver, *,
                     key: ec.EllipticCurvePrivateKey | None = None, preferred_chain: str | None = None) -> Issued:

@@ -3,7 +3,10 @@
 * ``acme status [--json]`` — per Domain with Automatic certificates: state, next renewal, installed
   certificate (control command ``acme.status``);
 * ``acme renew DOMAIN`` — order a new certificate now, even when the current one is not due
-  (``acme.renew``); the server installs it live when the order completes.
+  (``acme.renew``); the server installs it live when the order completes;
+* ``acme rollover PROVIDER``, ``acme deactivate PROVIDER``, ``acme revoke DOMAIN [--reason N]`` —
+  account key rollover, account deactivation and revocation at the CA (:mod:`.actions`), run from
+  ``--config`` and ``--data-dir``.
 """
 from __future__ import annotations
 
@@ -24,6 +27,14 @@ def add_acme_parser(sub, common) -> None:
     renew = actions.add_parser("renew", help="order a new certificate for DOMAIN now")
     common(renew, suppress=True)
     renew.add_argument("domain")
+    for name, target, help_ in (("rollover", "provider", "replace the account key of an AcmeProvider (RFC 8555 §7.3.5)"),
+                                ("deactivate", "provider", "deactivate the account of an AcmeProvider (§7.3.6)"),
+                                ("revoke", "domain", "revoke the installed certificate of DOMAIN (§7.6)")):
+        p = actions.add_parser(name, help=help_)
+        common(p, suppress=True)
+        p.add_argument(target)
+        if name == "revoke":
+            p.add_argument("--reason", type=int, choices=[0, 1, 3, 4, 5], help="RFC 5280 reason code")
 
 
 def _when(seconds: int) -> str:
@@ -36,8 +47,37 @@ def _when(seconds: int) -> str:
     return f"{seconds // 86400} d"
 
 
+def offline(args, data_dir: str) -> int:
+    """rollover, deactivate and revoke: from --config and --data-dir, no running server needed."""
+    import asyncio
+
+    from ...config import load
+    from ...errors import StalwartError
+    from . import actions
+
+    if not getattr(args, "config", None):
+        print(f"stalwart-cli: acme {args.action} needs --config FILE", file=sys.stderr)
+        return 2
+    try:
+        cfg = load(args.config)
+        if args.action == "rollover":
+            message = asyncio.run(actions.rollover(cfg, args.provider, data_dir))
+        elif args.action == "deactivate":
+            message = asyncio.run(actions.deactivate(cfg, args.provider, data_dir))
+        else:
+            message = asyncio.run(actions.revoke(cfg, args.domain, data_dir, args.reason))
+    except StalwartError as exc:
+        print(f"stalwart-cli: {exc}", file=sys.stderr)
+        return 1
+    print(message)
+    return 0
+
+
 def run(args, data_dir: str) -> int:
     from ...server.control import request
+
+    if args.action in ("rollover", "deactivate", "revoke"):
+        return offline(args, data_dir)
     from ...tls.certs import iso_time
 
     payload = {"domain": args.domain} if args.action == "renew" else {}
