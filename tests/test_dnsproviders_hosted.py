@@ -210,6 +210,9 @@ def test_records_are_set_listed_added_and_removed(api):
     assert run(u.list_rrset(ZONE, f"autoconfig.{ZONE}", "CNAME")) == ["mail.example.test."]
     run(u.set_rrset(ZONE, ZONE, "MX", []))
     assert run(u.list_rrset(ZONE, ZONE, "MX")) == []
+    long = "v=DKIM1; k=rsa; p=" + "A" * 300 + "é" * 80 + '"quoted"'
+    run(u.set_rrset(ZONE, f"s1._domainkey.{ZONE}", "TXT", [long]))
+    assert run(u.list_rrset(ZONE, f"s1._domainkey.{ZONE}", "TXT")) == [long]
 
 
 def test_bad_token_is_a_permanent_error_with_the_providers_message(api):

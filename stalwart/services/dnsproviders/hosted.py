@@ -23,7 +23,7 @@ from ... import events
 from ...config.secrets import resolve
 from ..acme.http import HttpClient, HttpError
 from .config import Cloudflare, DeSEC, DigitalOcean
-from .records import DnsProviderError, DnsUpdater, check_type, fqdn
+from .records import DnsProviderError, DnsUpdater, check_type, fqdn, split_txt
 
 
 def _relative(name: str, zone: str, apex: str) -> str:
@@ -205,8 +205,8 @@ class DeSECUpdater(HostedUpdater):
 
     @staticmethod
     def _encode(rtype: str, value: str) -> str:
-        if rtype == "TXT":
-            chunks = [value[i:i + 255] for i in range(0, len(value), 255)] or [""]
+        if rtype == "TXT":  # strings of at most 255 bytes, cut between UTF-8 characters
+            chunks = [c.decode("utf-8") for c in split_txt(value)]
             return " ".join('"' + c.replace("\\", "\\\\").replace('"', '\\"') + '"' for c in chunks)
         return value
 
