@@ -32,7 +32,6 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
-import dns.query
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
@@ -205,8 +204,9 @@ class _DanglingCname(Exception):
         self.ttl = ttl
 
 
-_TRANSPORT_ERRORS = (dns.exception.Timeout, OSError, EOFError, dns.exception.FormError,
-                     dns.message.Truncated, dns.query.UnexpectedSource, dns.query.BadResponse)
+# Everything an exchange can fail with: timeouts, socket and TLS errors (OSError), a closed
+# stream (EOFError) and any DNSException a malformed, truncated or mismatched reply produces.
+_TRANSPORT_ERRORS = (dns.exception.DNSException, OSError, EOFError)
 
 
 class DnsClient:
@@ -330,8 +330,11 @@ class DnsClient:
         if udp is not None:
             self.queries += 1
             try:
+                # Datagrams from elsewhere or that do not parse are ignored, not fatal: a spoofed
+                # or garbled packet must not end an exchange the real server may still answer.
                 return await dns.asyncquery.udp(query, ns.address, self.timeout, port=udp.port,
-                                                raise_on_truncation=True, ignore_unexpected=True)
+                                                raise_on_truncation=True, ignore_unexpected=True,
+                                                ignore_errors=True)
             except dns.message.Truncated:
                 if not streams and not self.cfg.tcp_on_error:
                     raise

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import dns.exception
 import dns.name
 import dns.reversename
 
@@ -113,7 +114,10 @@ def normalise(name: str) -> str:
     if name.isascii() and "\\" not in name and name not in ("", "."):
         key = name.lower()
         return key if key.endswith(".") else key + "."
-    return dns.name.from_text(name).to_text().lower()
+    try:
+        return dns.name.from_text(name).to_text().lower()
+    except (dns.exception.DNSException, UnicodeError) as exc:  # bad IDNA, labels too long
+        raise ValueError(f"{name!r} is not a valid domain name: {exc}") from None
 
 
 class Resolver:
