@@ -334,3 +334,34 @@ def test_rollover_revoke_deactivate(pebble_factory, tmp_path):
         assert third["status"] == "issued" and state.account_uri("p") not in (None, uri)
     finally:
         web.close()
+
+
+@pytest.mark.slow
+def test_preferred_chain_follows_alternate_links(pebble_factory, tmp_path):
+    """``preferredChain`` names the issuer CN of the chain's top certificate; pebble offers the
+    other chains as Link rel="alternate" (PEBBLE_ALTERNATE_ROOTS)."""
+    import urllib.request
+
+    from stalwart.config import parse_bytes
+    from stalwart.services.acme.renewal import renew
+
+    data = str(tmp_path / "data")
+    web = _ChallengeHttp(data)
+    try:
+        peb = pebble_factory(http_port=web.port, env={"PEBBLE_ALTERNATE_ROOTS": "2"})
+        ctx = ssl.create_default_context(cafile=peb.ca_file)
+        with urllib.request.urlopen(f"https://127.0.0.1:{peb.mgmt_port}/roots/2", context=ctx, timeout=5) as resp:
+            wanted = x509.load_pem_x509_certificate(resp.read()).subject.get_attributes_for_oid(
+                x509.oid.NameOID.COMMON_NAME)[0].value
+        cfg = parse_bytes(json.dumps({
+            "AcmeProvider": [{"id": "p", "directory": peb.directory_url, "challengeType": "Http01",
+                              "contact": ["admin@example.test"], "caFile": peb.ca_file, "preferredChain": wanted}],
+            "Domain": [{"name": "example.test", "certificateManagement": {
+                "@type": "Automatic", "acmeProviderId": "p", "subjectAlternativeNames": ["mail"]}}]}).encode())
+        assert asyncio.run(renew(cfg, "example.test", data))["status"] == "issued"
+        with open(os.path.join(data, "acme", "certs", "example.test.pem"), "rb") as fh:
+            chain = x509.load_pem_x509_certificates(fh.read())
+        top = chain[-1].issuer.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value
+        assert top == wanted
+    finally:
+        web.close()
