@@ -24,8 +24,15 @@ from stalwart.services.dns.lookups import Resolver, TlsaEntry
 SHA256 = "a" * 64
 
 
-def make(server: CountingServer, **common) -> Resolver:
-    cfg = DnsResolverCustom(servers=[DnsCustomResolver(address="127.0.0.1", port=server.port)], **common)
+ROOT_KEY = ("257 3 8 AwEAAaz/tAm8yTn4Mfeh5eyI96WSVexTBAvkMgJzkKTOiW1vkIbzxeF3+/4RgWOq7HrxRixHlFlExOLAJr5emLvN7SWXgn"
+            "Lh4+B5xQlNVz8Og8kvArMtNROxVQuCaSnIDdD5LKyWbRd2n9WGe2R8PzgCmr3EgVLrjyBxWezF0jLHwVN8efS3rCj/EWgvIWgb9t"
+            "arpVUDK/b58Da+sqqls3eNbuv7pr+eoZG+SrDK6nWeL3c6H5Apxz7LjVc1uTIdsIXxuOLYA4/ilBmSVIzuDWfdRUfhHdY6+cn8HF"
+            "Rm+2hM8AnXGXws9555KrUB5qihylGa8subX2Nn6UwNR1AkUTV74bU=")
+
+
+def make(server: CountingServer, *protocols: str, **common) -> Resolver:
+    cfg = DnsResolverCustom(servers=[DnsCustomResolver(address="127.0.0.1", port=server.port, protocol=p)
+                                     for p in protocols or ("udp",)], **common)
     return Resolver(DnsClient(cfg), CacheRegistry())
 
 
@@ -67,7 +74,8 @@ def test_a_cancelled_waiter_does_not_cancel_the_shared_query():
 
 def test_tlsa_is_cached_only_when_the_upstream_vouches():
     zone = {("_25._tcp.mx.test.", "TLSA"): [f"3 1 1 {SHA256}", f"0 0 1 {SHA256}", f"2 0 2 {'b' * 128}",
-                                            f"3 1 7 {SHA256}"]}
+                                            f"3 1 7 {SHA256}"],
+            (".", "DNSKEY"): [ROOT_KEY]}
 
     async def go():
         plain = await CountingServer(zone).start()
@@ -80,11 +88,16 @@ def test_tlsa_is_cached_only_when_the_upstream_vouches():
             assert not result.secure
             await r.tlsa("_25._tcp.mx.test")
             assert plain.queries[("_25._tcp.mx.test.", "TLSA")] == 2  # insecure: never cached
+            # AD over a UDP-only resolver proves nothing: insecure, not cached
             r = make(validating)
+            assert not (await r.tlsa("_25._tcp.mx.test")).secure
+            # with a TCP leg, the root DNSKEY probe passes and the AD bit counts
+            r = make(validating, "udp", "tcp")
             result = await r.tlsa("_25._tcp.mx.test")
             assert result.secure and TlsaEntry(3, 1, 1, bytes.fromhex(SHA256)) in result.entries
+            queries = validating.queries[("_25._tcp.mx.test.", "TLSA")]
             await r.tlsa("_25._tcp.mx.test")
-            assert validating.queries[("_25._tcp.mx.test.", "TLSA")] == 1
+            assert validating.queries[("_25._tcp.mx.test.", "TLSA")] == queries
         finally:
             plain.close()
             validating.close()
@@ -206,4 +219,33 @@ def test_bad_names_are_refused_and_not_cached():
             assert server.queries == {} and len(r.caches.cache("dnsIpv4")) == 0
         finally:
             server.close()
+    asyncio.run(go())
+
+
+def test_dnssec_available_needs_a_stream_transport_and_ad_on_the_root_dnskey():
+    root = {(".", "DNSKEY"): [ROOT_KEY]}
+
+    async def go():
+        validating = await CountingServer(root, ad=True).start()
+        plain = await CountingServer(root).start()
+        try:
+            def client(server, *protocols):
+                return DnsClient(DnsResolverCustom(servers=[
+                    DnsCustomResolver(address="127.0.0.1", port=server.port, protocol=p) for p in protocols],
+                    timeout=300, attempts=0))
+
+            assert not await client(validating, "udp").dnssec_available()  # UDP only: never trusted
+            assert validating.queries == {}
+            # UDP + TCP: the probe goes over UDP first and gets AD (the TCP leg is the fallback)
+            assert await client(validating, "udp", "tcp").dnssec_available()
+            c = client(plain, "udp", "tcp")
+            assert not await c.dnssec_available(now=0.0)
+            assert not await c.dnssec_available(now=599.0)  # not probed again before 10 minutes
+            assert plain.queries[(".", "DNSKEY")] == 1
+            plain.ad = True
+            assert await c.dnssec_available(now=601.0)
+            assert plain.queries[(".", "DNSKEY")] == 2
+        finally:
+            validating.close()
+            plain.close()
     asyncio.run(go())

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,6 +52,7 @@ EDNS_PAYLOAD = 1232  # DNS flag day 2020: no IP fragmentation on common paths
 MAX_NEGATIVE_TTL = 10800
 MAX_CNAME_CHAIN = 16
 RESOLV_CONF = "/etc/resolv.conf"
+DNSSEC_REPROBE = 600.0  # s between probes while DNSSEC is unavailable (services.md §1)
 
 
 class DnsError(StalwartError):
@@ -230,6 +232,28 @@ class DnsClient:
         self.tls_context = tls_context
         self.queries = 0  # exchanges sent, for tests and metrics
         self.failures = 0
+        self._dnssec: bool | None = None  # None: not probed yet
+        self._dnssec_next = 0.0
+
+    async def dnssec_available(self, now: float | None = None) -> bool:
+        """Whether DANE can trust this resolver's DNSSEC answers (services.md §1 "DNSSEC").
+
+        True only when some upstream is reached over TCP or TLS (an AD bit over plain UDP is
+        trivially spoofed, RFC 6698 §4.1 asks for a secure channel to the validator) and a root
+        ``DNSKEY`` query with the DO bit comes back with AD set. A true result is kept for the
+        life of the client (a reload builds a new one); a false one is probed again after
+        :data:`DNSSEC_REPROBE` seconds ("We do better"). Transport errors count as false."""
+        now = time.monotonic() if now is None else now
+        if self._dnssec or (self._dnssec is False and now < self._dnssec_next):
+            return bool(self._dnssec)
+        secure = False
+        if any(t.protocol != "udp" for ns in self.nameservers for t in ns.transports):
+            try:
+                secure = (await self.query(dns.name.root, "DNSKEY", dnssec=True)).secure
+            except DnsError:
+                secure = False
+        self._dnssec, self._dnssec_next = secure, now + DNSSEC_REPROBE
+        return secure
 
     def _make_query(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType,
                     dnssec: bool) -> dns.message.QueryMessage:

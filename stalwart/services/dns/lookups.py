@@ -260,7 +260,8 @@ class Resolver:
         return None
 
     async def tlsa(self, name: str) -> TlsaResult:
-        """TLSA records for DANE (RFC 6698 §2, RFC 7672 §3.1.3); cached only when secure."""
+        """TLSA records for DANE (RFC 6698 §2, RFC 7672 §3.1.3); secure only when the answer has
+        the AD bit and :meth:`DnsClient.dnssec_available` holds; cached only when secure."""
         def convert(answer: Answer) -> TlsaResult:
             entries = tuple(TlsaEntry(r.usage, r.selector, r.mtype, bytes(r.cert))
                             for r in answer.records
@@ -271,6 +272,10 @@ class Resolver:
         async def load(key: str) -> Any:
             answer = await self.client.query(key, "TLSA", dnssec=True)
             result = convert(answer)
+            if result.secure and not await self.client.dnssec_available():
+                # an AD bit from a resolver that failed the probe (or is reached over UDP only)
+                # proves nothing
+                result = TlsaResult(result.entries, False)
             if not result.secure:
                 raise _Unvouched(result)
             return Loaded(result, ttl=answer.ttl)
