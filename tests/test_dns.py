@@ -188,6 +188,8 @@ def test_timeout_against_a_server_that_never_answers():
         with pytest.raises(DnsError):  # failures are never cached: asked again
             run(r.ipv4("a.example.test"))
         assert r.client.queries == 4
+        hist = r.client.lookup_time.snapshot()  # dns.lookup-time: both failed lookups observed
+        assert hist["count"] == 2 and hist["buckets"][0.25] == 0 and hist["buckets"][1.0] == 2
     finally:
         sock.close()
 
@@ -280,6 +282,10 @@ def test_lookup_by_type_name_and_cache_state(unbound):
     state = r.cache_state("MX", "mx.example.test")
     assert state["cache"] == "dnsMx" and state["cached"] and not state["negative"]
     assert r.cache_state("PTR", "192.0.2.1") == {"cache": "dnsPtr", "cached": False}
+    stats = r.stats()
+    assert set(stats["caches"]) == {"dnsMx", "dnsPtr"}
+    assert stats["caches"]["dnsMx"]["inserts"] == 1 and stats["caches"]["dnsMx"]["misses"] == 1
+    assert stats["queries"] == 1 and stats["lookupTime"]["count"] == 1
 
 
 def test_nameservers_grouped_by_address():

@@ -43,8 +43,8 @@ from ...errors import StalwartError
 from .config import (CLOUDFLARE, GOOGLE, QUAD9, DnsResolverBase, DnsResolverCloudflare,
                      DnsResolverCustom, DnsResolverGoogle, DnsResolverQuad9, DnsResolverSystem)
 
-__all__ = ["Answer", "DnsClient", "DnsError", "NegativeAnswer", "Nameserver", "Transport",
-           "nameservers_for"]
+__all__ = ["Answer", "DnsClient", "DnsError", "Histogram", "NegativeAnswer", "Nameserver",
+           "Transport", "nameservers_for"]
 
 EDNS_PAYLOAD = 1232  # DNS flag day 2020: no IP fragmentation on common paths
 #: Upper bound of a negative TTL. RFC 2308 §5: values over a day cause trouble and one to three
@@ -206,6 +206,30 @@ class _DanglingCname(Exception):
         self.ttl = ttl
 
 
+class Histogram:
+    """Cumulative buckets of lookup durations in seconds (Prometheus layout: ``le`` bounds,
+    ``count`` and ``sum``), for the ``dns.lookup-time`` metric."""
+
+    BOUNDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * len(self.BOUNDS)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.sum += seconds
+        for i, bound in enumerate(self.BOUNDS):
+            if seconds <= bound:
+                self.buckets[i] += 1
+
+    def snapshot(self) -> dict[str, object]:
+        return {"buckets": dict(zip(self.BOUNDS, self.buckets)), "count": self.count, "sum": self.sum}
+
+
 # Everything an exchange can fail with: timeouts, socket and TLS errors (OSError), a closed
 # stream (EOFError) and any DNSException a malformed, truncated or mismatched reply produces.
 _TRANSPORT_ERRORS = (dns.exception.DNSException, OSError, EOFError)
@@ -232,6 +256,7 @@ class DnsClient:
         self.tls_context = tls_context
         self.queries = 0  # exchanges sent, for tests and metrics
         self.failures = 0
+        self.lookup_time = Histogram()  # services.md §1 metric dns.lookup-time
         self._dnssec: bool | None = None  # None: not probed yet
         self._dnssec_next = 0.0
 
@@ -310,11 +335,15 @@ class DnsClient:
             start = random.randrange(len(servers))
             servers = servers[start:] + servers[:start]
         errors: list[str] = []
-        for _ in range(self.rounds):
-            for i in range(0, len(servers), self.concurrency):
-                response = await self._race(servers[i:i + self.concurrency], query, errors)
-                if response is not None:
-                    return response
+        started = time.monotonic()
+        try:
+            for _ in range(self.rounds):
+                for i in range(0, len(servers), self.concurrency):
+                    response = await self._race(servers[i:i + self.concurrency], query, errors)
+                    if response is not None:
+                        return response
+        finally:
+            self.lookup_time.observe(time.monotonic() - started)
         self.failures += 1
         qtext = f"{query.question[0].name} {dns.rdatatype.to_text(query.question[0].rdtype)}"
         raise DnsError(f"{qtext}: no nameserver answered ({'; '.join(errors[-4:])})")

@@ -335,6 +335,14 @@ class Resolver:
         return await {"A": self.ipv4, "AAAA": self.ipv6, "MX": self.mx, "TXT": self.txt,
                       "PTR": self.ptr, "TLSA": self.tlsa, "MTA-STS": self.mta_sts}[rtype](name)
 
+    def stats(self) -> dict[str, Any]:
+        """What metrics export: per DNS cache field its hits, misses, inserts, evictions, … (only
+        caches used so far), the upstream exchange counters and the ``dns.lookup-time``
+        histogram (services.md §1 "We do better")."""
+        caches = {name: row for name, row in self.caches.stats().items() if name.startswith("dns")}
+        return {"caches": caches, "queries": self.client.queries, "failures": self.client.failures,
+                "lookupTime": self.client.lookup_time.snapshot()}
+
     def cache_state(self, rtype: str, name: str) -> dict[str, Any]:
         """Whether the answer is cached, and its remaining lifetime (operators, §1)."""
         field, key = self.cache_key(rtype, name)
