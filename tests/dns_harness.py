@@ -146,10 +146,10 @@ class Unbound:
             self.proc.stderr.close()
 
 
-def silent_udp() -> tuple[socket.socket, int]:
-    """A UDP socket on 127.0.0.1 that receives and never answers; close it when done."""
+def silent_udp(host: str = "127.0.0.1") -> tuple[socket.socket, int]:
+    """A UDP socket on ``host`` that receives and never answers; close it when done."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
+    s.bind((host, 0))
     return s, s.getsockname()[1]
 
 

@@ -195,11 +195,10 @@ def test_timeout_against_a_server_that_never_answers():
 
 
 def test_concurrency_asks_nameservers_in_parallel(unbound):
-    sock, port = silent_udp()
+    sock, port = silent_udp("127.0.0.2")
     try:
-        silent = {"address": "127.0.0.2", "port": port}
+        silent = {"address": "127.0.0.2", "port": port}  # a socket that swallows the query
         real = {"address": "127.0.0.1", "port": unbound.port}
-        # the silent socket listens on 127.0.0.1 only: 127.0.0.2 gets no answer either way
         parallel = resolver(custom(silent, real, timeout=1000, concurrency=2, tcp_on_error=False))
         start = time.monotonic()
         assert run(parallel.ipv4("onlya.example.test"))
