@@ -207,6 +207,12 @@ def test_dns01_wildcard_through_rfc2136(pebble_factory, tmp_path):
                 wait_for(lambda: presented_chain(tls_port, sni)[0].fingerprint(hashes.SHA256()).hex() == issued, 10,
                          f"wildcard certificate served for {sni}")
             assert knot.txt("_acme-challenge.example.test") == []  # removed after validation
+            # The DNS-management task ran first: the managed record set is in the zone.
+            srv.wait_log("dns.management-complete", count=2)  # before the order, and after the issuance
+            assert knot.query("example.test", "MX") == ["10 mail.example.test."]
+            assert knot.txt("_dmarc.example.test") == [] and knot.txt("example.test") == ["v=spf1 mx -all"]
+            caa = knot.query("example.test", "CAA")
+            assert len(caa) == 1 and caa[0].startswith('0 issue "127.0.0.1; accounturi=https://127.0.0.1:'), caa
             assert "dns.record-created" in srv.log()
         finally:
             srv.stop()

@@ -5,7 +5,7 @@ starts this helper with one JSON request on stdin::
 
     {"config": <the running configuration>, "dataDir": "...", "domain": "example.org", "force": false}
 
-and reads one JSON line back: ``{"ok": true, "result": {...}}`` (see :func:`.renewal.renew`) or
+(``"task": "dns"`` runs the DNS-management task instead) and reads one JSON line back: ``{"ok": true, "result": {...}}`` (see :func:`.renewal.renew`) or
 ``{"ok": false, "error": "...", "kind": "...", "temporary": bool, "retryAfter": seconds|null}``.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 
 import msgspec
 
@@ -21,15 +22,32 @@ from ... import events
 from ...config import loader
 from ...errors import StalwartError
 from ...tls.certs import CertificateError
+from ..dnsproviders.records import DnsProviderError
 from .client import AcmeError
 from .renewal import renew
+
+DNS_REFRESH = 86400.0  # s: published records are re-checked daily (drift, hand edits)
+
+
+async def publish_records(cfg, domain: str, data_dir: str) -> dict:
+    """The DNS-management task (services.md §2.5): reconcile, then check again in a day."""
+    from ..dnsproviders.managed import publish
+
+    changes = await publish(cfg, domain, data_dir)
+    return {"status": "published", "changes": len(changes), "renewAt": time.time() + DNS_REFRESH,
+            "names": [c.split(":", 1)[0] for c in changes]}
 
 
 def run(request: dict) -> dict:
     try:
         cfg = loader.parse_bytes(msgspec.json.encode(request["config"]), source="<acme helper>")
-        result = asyncio.run(renew(cfg, request["domain"], request["dataDir"], force=bool(request.get("force"))))
+        if request.get("task") == "dns":
+            result = asyncio.run(publish_records(cfg, request["domain"], request["dataDir"]))
+        else:
+            result = asyncio.run(renew(cfg, request["domain"], request["dataDir"], force=bool(request.get("force"))))
         return {"ok": True, "result": result}
+    except DnsProviderError as exc:
+        return {"ok": False, "error": str(exc), "kind": "Dns", "temporary": exc.temporary, "retryAfter": None}
     except AcmeError as exc:
         return {"ok": False, "error": str(exc), "kind": exc.kind, "temporary": exc.temporary,
                 "retryAfter": exc.retry_after}

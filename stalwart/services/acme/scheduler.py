@@ -15,10 +15,15 @@ Schedule rules (tls.md §7.7 "We do better"):
 * a permanent failure (configuration) waits for the next configuration load or
   ``stalwart-cli acme renew``, and is re-checked every 6 h in case a file it reads changed.
 
+Domains with ``dnsManagement: Automatic`` also get a DNS-management task (entry ``dns:<domain>``,
+services.md §2.5): the managed record set is reconciled when it changes, after each issuance, and
+daily; at equal due times it runs before the renewal so CAA records exist before ordering.
+
 The schedule is kept in ``<data-dir>/acme/schedule.json`` so a restart keeps pending retries.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -33,6 +38,7 @@ import msgspec
 from ... import events
 from ...config.model import Config
 from ...config.types import enc_hook
+from ..dnsproviders.config import DnsManagementAutomatic
 from .config import CertificateAutomatic
 from .state import AcmeState
 
@@ -40,6 +46,7 @@ RETRY_INITIAL = 60.0
 RETRY_MAX = 1800.0
 TOTAL_DEADLINE = 6 * 3600.0
 PERMANENT_RECHECK = 6 * 3600.0
+DNS_PREFIX = "dns:"  # schedule entries of the DNS-management task (services.md §2.5)
 HELPER_BUDGET = 900.0  # s: an order's authorizations may poll for 10 min (tls.md §7.4)
 
 
@@ -77,12 +84,17 @@ class AcmeScheduler:
             mgmt = dom.certificate_management
             if isinstance(mgmt, CertificateAutomatic):
                 wanted[dom.name] = f"{mgmt.acme_provider_id}|{','.join(sorted(mgmt.subject_alternative_names))}"
+        for dom in cfg.Domain:
+            if isinstance(dom.dns_management, DnsManagementAutomatic):
+                # services.md §2.5: the DNS-management task; its fingerprint is the computed record
+                # set, so any configuration change that alters a record publishes again.
+                wanted[DNS_PREFIX + dom.name] = self._records_fingerprint(cfg, dom.name)
         for name in [n for n in self.entries if n not in wanted]:
             del self.entries[name]
         for name, fingerprint in wanted.items():
             entry = self.entries.get(name)
             stale = entry is not None and entry.get("status") in ("issued", "not-due") and \
-                self.state.certificate(name) is None  # removed by hand: order a new one
+                not name.startswith(DNS_PREFIX) and self.state.certificate(name) is None  # removed by hand
             if entry is None or stale or entry.get("config") != fingerprint or entry.get("status") == "failed":
                 self.entries[name] = {"config": fingerprint, "due": now, "status": "pending", "attempts": 0,
                                       "firstFailure": None, "lastError": None, "longRetries": 0}
@@ -96,14 +108,17 @@ class AcmeScheduler:
         if self.cfg is None:
             return
         now = self.clock()
-        due = sorted((e["due"], name) for name, e in self.entries.items() if e["due"] <= now)
+        # DNS publication first at equal times: CAA records exist before an order (tls.md §7.1).
+        due = sorted((e["due"], not name.startswith(DNS_PREFIX), name) for name, e in self.entries.items()
+                     if e["due"] <= now)
         if due:
-            self._start_helper(due[0][1])
+            self._start_helper(due[0][2])
 
     def _start_helper(self, domain: str) -> None:
         entry = self.entries[domain]
         req = {"config": msgspec.to_builtins(self.cfg, enc_hook=enc_hook), "dataDir": self.data_dir,
-               "domain": domain, "force": bool(entry.pop("force", False))}
+               "domain": domain.removeprefix(DNS_PREFIX), "force": bool(entry.pop("force", False)),
+               "task": "dns" if domain.startswith(DNS_PREFIX) else "acme"}
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "stalwart.services.acme.helper"],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
@@ -120,7 +135,10 @@ class AcmeScheduler:
         self.proc_deadline = time.monotonic() + HELPER_BUDGET
         self.buf = b""
         entry["status"] = "running"
-        events.emit("acme.renewal-start", Hostname=domain)
+        if domain.startswith(DNS_PREFIX):
+            events.emit("dns.management-start", Hostname=domain.removeprefix(DNS_PREFIX))
+        else:
+            events.emit("acme.renewal-start", Hostname=domain)
 
     def _poll_helper(self) -> None:
         proc = self.proc
@@ -179,8 +197,14 @@ class AcmeScheduler:
             result = msg["result"]
             entry.update(status=result["status"], due=result["renewAt"], attempts=0, firstFailure=None,
                          lastError=None, longRetries=0, notAfter=result.get("notAfter"), names=result.get("names"))
+            if domain.startswith(DNS_PREFIX):
+                events.emit("dns.management-complete", Hostname=domain.removeprefix(DNS_PREFIX),
+                            Total=result.get("changes", 0))
             if result["status"] == "issued":
                 entry["issuedAt"] = now
+                dns = self.entries.get(DNS_PREFIX + domain)
+                if dns is not None:
+                    dns["due"] = now  # services.md §2.6: TLSA and CAA follow the new certificate and account
                 events.emit("acme.certificate-issued", Hostname=domain, Details=",".join(result.get("names", [])))
                 try:
                     self.on_installed()
@@ -211,6 +235,15 @@ class AcmeScheduler:
                 wait = max(float(wait or 0.0), long_retry(entry["longRetries"] - 1))
             entry["due"] = now + wait
         self._save()
+
+    def _records_fingerprint(self, cfg: Config, domain: str) -> str:
+        from ..dnsproviders.managed import managed_records
+
+        try:
+            rows = managed_records(cfg, domain, self.data_dir)
+        except Exception as exc:  # noqa: BLE001 - the helper reports the real error when it runs
+            return f"error:{exc!r}"
+        return hashlib.sha256(repr(sorted(rows)).encode()).hexdigest()
 
     def _provider_of(self, domain: str):
         if self.cfg is None:

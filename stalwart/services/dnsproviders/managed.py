@@ -52,6 +52,8 @@ def _unquote(value: str) -> str:
 def issuer_domain(directory: str) -> str | None:
     """Registrable domain of the ACME directory host (``letsencrypt.org``), as CAA names issuers."""
     host = urlsplit(directory).hostname or ""
+    if not host or host.replace(".", "").isdigit() or ":" in host:
+        return host or None  # an IP literal (a private or test CA) names itself
     try:
         from publicsuffixlist import PublicSuffixList
 
