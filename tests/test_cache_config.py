@@ -155,3 +155,26 @@ def test_negative_caches_use_negative_ttl():
         assert await reg.loading("domainNames").get_or_load("gone.example", missing) is NEGATIVE
     asyncio.run(go())
     assert reg.loading("emailAddressesNegative") is reg.loading("emailAddressesNegative")
+
+
+@pytest.mark.slow
+def test_server_runs_and_reloads_with_cache_and_resolver_objects(tmp_path):
+    """The objects go through a real stalwartd start and SIGHUP: a bad size keeps the running
+    configuration and names the field; a good one becomes the new generation."""
+    import socket
+
+    from harness import Server, free_port, listener, recv_line
+
+    port = free_port()
+    base = {"SystemSettings": {"threadPoolSize": 1}, "NetworkListener": [listener("smtp", "smtp", port)],
+            "Cache": {"dnsMx": "1mb", "negativeTtl": 60000},
+            "DnsResolver": {"@type": "Custom", "servers": [{"address": "127.0.0.1", "port": 5353}]}}
+    server = Server(tmp_path, base).start()
+    try:
+        server.reload(dict(base, Cache={"dnsMx": "100"}), expect="$.Cache.dnsMx")
+        assert "at least 2048 bytes" in server.log()
+        server.reload(dict(base, Cache={"dnsMx": "2mb", "dnsTxt": 65536}))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            assert recv_line(sock).startswith(b"220 ")
+    finally:
+        assert server.stop() == 0
