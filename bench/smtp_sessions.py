@@ -1,6 +1,6 @@
 """SMTP sessions per second: connect, EHLO, MAIL, RCPT, DATA (1 KiB), QUIT — stalwartd vs aiosmtpd.
 
-Every server runs in this same invocation on loopback, one after the other, under the same client
+Every server runs in this same invocation on loopback under the same client
 (one process, uvloop when installed, lock-step: each command waits for its reply, as smtplib does),
 so the ratios hold even though absolute figures on a shared 2-core machine drift. The peers:
 
@@ -10,18 +10,23 @@ so the ratios hold even though absolute figures on a shared 2-core machine drift
 * ``stalwartd xN``: the real server with N workers, every message fsynced into the recipient's
   Maildir before the ``250`` (file and directory), plus its full connection pipeline;
 * ``postfix``: Postfix ``smtpd`` when ``--postfix HOST:PORT`` names one already running (this
-  script does not set Postfix up).
+  script does not set Postfix up; it must accept ``user@bench.test``).
 
-Usage: ``python bench/smtp_sessions.py [--seconds 8] [--concurrency 32] [--workers 2]``
+All servers are started first and then take turns, ``--rounds`` times, so background load on a
+shared machine hits them alike; each figure is the median of its rounds.
+
+Usage: ``python bench/smtp_sessions.py [--seconds 12] [--rounds 4] [--concurrency 32] [--workers 2]``
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -122,15 +127,29 @@ async def load(port: int, seconds: float, concurrency: int) -> tuple[float, int,
     return ok / (loop.time() - start), ok, failed
 
 
-def measure(port: int, seconds: float, concurrency: int) -> tuple[float, int, int]:
+def _run(port: int, seconds: float, concurrency: int) -> tuple[float, int, int]:
     try:
         import uvloop
 
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(load(port, 1.0, concurrency))  # warm-up
     return runner(load(port, seconds, concurrency))
+
+
+def measure(port: int, seconds: float, concurrency: int, procs: int = 1) -> tuple[float, int, int]:
+    """Sessions/s against ``port``: ``procs`` client processes share ``concurrency`` sessions, so
+    one Python client process is not the ceiling being measured."""
+    _run(port, 0.5, concurrency)  # warm-up
+    if procs <= 1:
+        return _run(port, seconds, concurrency)
+    import concurrent.futures
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(procs, mp_context=ctx) as pool:
+        parts = list(pool.map(_run, [port] * procs, [seconds] * procs, [max(1, concurrency // procs)] * procs))
+    return sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts)
 
 
 def free_port() -> int:
@@ -150,7 +169,8 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def run_aiosmtpd(kind: str, seconds: float, concurrency: int):
+@contextlib.contextmanager
+def aiosmtpd_server(kind: str):
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen([sys.executable, "-c", AIOSMTPD, str(port), kind, os.path.join(tmp, "Maildir")],
@@ -158,7 +178,7 @@ def run_aiosmtpd(kind: str, seconds: float, concurrency: int):
         try:
             proc.stdout.readline()
             wait_port(port)
-            return measure(port, seconds, concurrency)
+            yield port, None
         finally:
             proc.stdin.close()
             try:
@@ -168,7 +188,8 @@ def run_aiosmtpd(kind: str, seconds: float, concurrency: int):
                 proc.wait()
 
 
-def run_stalwartd(workers: int, seconds: float, concurrency: int):
+@contextlib.contextmanager
+def stalwartd_server(workers: int):
     from stalwart.accounts import hash_password
 
     port = free_port()
@@ -185,9 +206,7 @@ def run_stalwartd(workers: int, seconds: float, concurrency: int):
         try:
             wait_port(port)
             time.sleep(0.5)  # every worker ready
-            res = measure(port, seconds, concurrency)
-            stored = len(os.listdir(os.path.join(tmp, "data", "mail", "user", "new")))
-            return (*res, stored)
+            yield port, os.path.join(tmp, "data", "mail", "user", "new")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
@@ -195,28 +214,41 @@ def run_stalwartd(workers: int, seconds: float, concurrency: int):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--seconds", type=float, default=12.0, help="measuring time per server, over all rounds")
+    ap.add_argument("--rounds", type=int, default=4, help="servers take turns this many times (median kept)")
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--client-procs", type=int, default=1, help="client processes sharing the sessions")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--postfix", metavar="HOST:PORT", help="also measure a running Postfix smtpd")
     args = ap.parse_args()
-    results = {}
-    runs = [("aiosmtpd-maildir", lambda: run_aiosmtpd("maildir", args.seconds, args.concurrency)),
-            ("aiosmtpd-sink", lambda: run_aiosmtpd("sink", args.seconds, args.concurrency)),
-            ("stalwartd x1", lambda: run_stalwartd(1, args.seconds, args.concurrency)),
-            (f"stalwartd x{args.workers}", lambda: run_stalwartd(args.workers, args.seconds, args.concurrency))]
-    if args.postfix:
-        host, _, p = args.postfix.rpartition(":")
-        runs.append(("postfix", lambda: measure(int(p), args.seconds, args.concurrency)))
-    for name, fn in runs:
-        res = fn()
-        results[name] = res[0]
-        extra = f"   stored={res[3]}" if len(res) > 3 else ""
-        print(f"{name:18} {res[0]:8.0f} sessions/s   ok={res[1]} failed={res[2]}{extra}", flush=True)
+    servers = {"aiosmtpd-maildir": lambda: aiosmtpd_server("maildir"),
+               "aiosmtpd-sink": lambda: aiosmtpd_server("sink"),
+               "stalwartd x1": lambda: stalwartd_server(1),
+               f"stalwartd x{args.workers}": lambda: stalwartd_server(args.workers)}
+    rates: dict[str, list[float]] = {name: [] for name in servers}
+    totals: dict[str, list[int]] = {name: [0, 0] for name in servers}
+    with contextlib.ExitStack() as stack:
+        ports = {name: stack.enter_context(make()) for name, make in servers.items()}
+        if args.postfix:
+            ports["postfix"] = (int(args.postfix.rpartition(":")[2]), None)
+            rates["postfix"], totals["postfix"] = [], [0, 0]
+        # Servers take turns in every round, so background load on a shared machine hits them alike.
+        for _ in range(args.rounds):
+            for name, (port, _) in ports.items():
+                rate, ok, failed = measure(port, args.seconds / args.rounds, args.concurrency, args.client_procs)
+                rates[name].append(rate)
+                totals[name][0] += ok
+                totals[name][1] += failed
+        stored = {name: len(os.listdir(d)) for name, (_, d) in ports.items() if d}
+    median = {name: statistics.median(r) for name, r in rates.items()}
+    for name, r in rates.items():
+        extra = f"   stored={stored[name]}" if name in stored else ""
+        print(f"{name:18} {median[name]:8.0f} sessions/s (median of {', '.join(f'{x:.0f}' for x in r)})"
+              f"   ok={totals[name][0]} failed={totals[name][1]}{extra}", flush=True)
     for ours in (f"stalwartd x{args.workers}", "stalwartd x1"):
         for peer in ("aiosmtpd-maildir", "aiosmtpd-sink", "postfix"):
-            if peer in results:
-                print(f"ratio {ours}/{peer} = {results[ours] / results[peer]:.2f}")
+            if peer in median:
+                print(f"ratio {ours}/{peer} = {median[ours] / median[peer]:.2f}")
     return 0
 
 
