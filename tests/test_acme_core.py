@@ -207,3 +207,29 @@ def test_scheduler_retries_with_backoff_and_never_drops_the_schedule(tmp_path):
     again = AcmeScheduler(str(tmp_path), lambda: None, clock=clock)
     assert again.entries["example.test"]["due"] == clock.now
     sch.close()
+
+
+@given(st.text(max_size=900))
+def test_txt_split_is_lossless_and_bounded(value):
+    from stalwart.services.dnsproviders.records import split_txt
+
+    parts = split_txt(value)
+    assert b"".join(parts).decode("utf-8") == value
+    assert all(len(p) <= 255 for p in parts)
+    for p in parts:
+        p.decode("utf-8")  # never cut inside a character
+
+
+@given(st.text(max_size=300), st.text(max_size=300))
+def test_header_parsers_never_crash(retry, link):
+    resp = HttpResponse(503, [("retry-after", retry), ("link", link)])
+    value = retry_after(resp, 0.0)
+    assert value is None or value >= 0
+    assert isinstance(links(resp, "alternate"), list)
+
+
+@given(st.text(max_size=200))
+def test_challenge_lookup_with_any_token_is_safe(tmp_path_factory, token):
+    store = ChallengeStore(str(tmp_path_factory.getbasetemp()))
+    assert store.http_answer(token) in (None,) or isinstance(store.http_answer(token), bytes)
+    assert store.alpn_context(token) is None

@@ -315,6 +315,9 @@ class AcmeClient:
         while True:
             status = order.get("status")
             if status == "pending":
+                polls += 1
+                if polls > ORDER_POLLS:  # every authorization is valid, yet the order did not move
+                    raise OrderTimeout(f"order {order_url} still pending after {ORDER_POLLS} rounds")
                 # One after another: "*.d" and "d" share "_acme-challenge.d" for DNS-01 (tls.md §7.5).
                 for authz in order.get("authorizations", []):
                     await self.authorize(authz, solver)
@@ -322,7 +325,7 @@ class AcmeClient:
             elif status == "ready":
                 order, resp = await self._finalize(order, names, key)
             elif status == "processing":
-                polls += 1
+                polls = max(polls, 0) + 1
                 if polls > ORDER_POLLS:
                     raise OrderTimeout(f"order {order_url} still processing after {ORDER_POLLS} polls")
                 await self._pause(resp, min(2 ** (polls - 1), 512))
