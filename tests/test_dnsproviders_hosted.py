@@ -125,7 +125,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, srv.rrsets[key])
         if method == "PUT":
             if body["ttl"] < 3600:
-                return self.reply(400, {"ttl": [f"Ensure this value is greater than or equal to 3600."]})
+                return self.reply(400, {"ttl": ["Ensure this value is greater than or equal to 3600."]})
             for rec in body["records"]:
                 if rtype == "TXT" and not rec.startswith('"'):
                     return self.reply(400, {"records": ["TXT records must be quoted"]})

@@ -63,5 +63,5 @@ def validate_acme(cfg: Config) -> None:
                               f"AcmeProvider {prov.id!r} uses {prov.challenge_type}, which needs dnsManagement Automatic")
         if prov.challenge_type == "Http01" and not http_port_80:
             # tls.md §7.1 "We do better": CAs validate HTTP-01 on port 80 only.
-            events.emit("config.build-warning", level="warn", Path=f"$.AcmeProvider",
+            events.emit("config.build-warning", level="warn", Path="$.AcmeProvider",
                         Details=f"AcmeProvider {prov.id!r} uses Http01 but no HTTP listener is bound to port 80")
