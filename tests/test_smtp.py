@@ -277,3 +277,13 @@ def test_auth_failure_reply_waits_for_a_delay(tmp_path):
     core.blocking_done(None, None)
     assert replies([core.next_event(), core.next_event()]) == (b"535 5.7.8 Authentication credentials invalid.\r\n"
                                                                b"250 2.0.0 OK\r\n")
+
+
+def test_auth_failed_event_carries_a_masked_credential(tmp_path, emitted):
+    from stalwart.events import _fmt
+
+    core = smtp(tmp_path, allow_plain_auth=True)
+    drive(core, [b"EHLO c\r\nAUTH PLAIN " + encode_plain("jane", "hunter2").encode() + b"\r\n"])
+    [(name, keys)] = emitted
+    assert keys["Credential"].value == "hunter2" and "hunter2" not in _fmt(keys["Credential"])
+    assert core._credential is None

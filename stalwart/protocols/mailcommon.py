@@ -3,7 +3,8 @@ security events they report (security.md §4, §8), and the blocking jobs they h
 
 Events reported by the cores, for the auto-ban layer (keys are PascalCase):
 
-* ``auth.failed`` {SpanId, ListenerId, RemoteIp, AccountName, Protocol} — a failed login;
+* ``auth.failed`` {SpanId, ListenerId, RemoteIp, AccountName, Protocol, Credential} — a failed login
+  (``Credential`` wraps the password for the stale-credential rule and prints as ``***``);
 * ``smtp.mailbox-does-not-exist`` / ``smtp.relay-not-allowed`` {SpanId, RemoteIp, To} — a failed RCPT;
 * ``<group>.invalid-command`` {SpanId, RemoteIp, Reason} — a command that does not parse, sent
   before authentication (Reason ``Invalid SMTP command``, ``Invalid IMAP command``, …);
@@ -62,9 +63,25 @@ def failure_delay() -> float:
     return random.uniform(*AUTH_FAILURE_DELAY)
 
 
-def auth_failed(ctx: SessionContext, group: str, login: str) -> None:
+class Credential:
+    """A failed password handed to the auth-ban layer for its stale-credential rule (security.md
+    §3). It prints as ``***``, so a log line never shows it even if no subscriber removed it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "***"
+
+    __str__ = __repr__
+
+
+def auth_failed(ctx: SessionContext, group: str, login: str, password: str | None = None) -> None:
+    keys = {"Credential": Credential(password)} if password is not None else {}
     events.emit("auth.failed", SpanId=ctx.span_id, ListenerId=ctx.listener, RemoteIp=ctx.remote_ip,
-                AccountName=login, Protocol=group)
+                AccountName=login, Protocol=group, **keys)
 
 
 def invalid_command(ctx: SessionContext, group: str) -> None:

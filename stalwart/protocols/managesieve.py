@@ -53,6 +53,7 @@ class ManageSieveSession(LineSession):
         self._need = 0
         self._sasl_wait = False
         self._login = ""
+        self._credential: str | None = None
 
     # -- session interface ---------------------------------------------------------------------
     @property
@@ -220,11 +221,13 @@ class ManageSieveSession(LineSession):
             self._error(b'NO "Invalid SASL response."\r\n')
             return
         self._login = login
+        self._credential = password  # for the auth.failed event only, then dropped
         self._block(mailcommon.authenticate, (self.services.directory, login, password), self._auth_result)
 
     def _auth_result(self, account: AccountEntry | None, error: BaseException | None) -> None:
+        credential, self._credential = self._credential, None
         if account is None or error is not None:
-            mailcommon.auth_failed(self.ctx, self.event_group, self._login)
+            mailcommon.auth_failed(self.ctx, self.event_group, self._login, credential)
             self.auth_failures += 1
             if self.auth_failures >= self.services.max_auth_failures:
                 reply = lambda: self._send(b'BYE "Too many authentication failures."\r\n', close=True)  # noqa: E731

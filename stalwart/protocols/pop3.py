@@ -59,6 +59,7 @@ class Pop3Session(LineSession):
         self.account: AccountEntry | None = None
         self._sasl: tuple[str, str | None] | None = None
         self._login = ""
+        self._credential: str | None = None
         self.maildir: Maildir | None = None
         self.messages: list[Message] = []
         self.validity = 0
@@ -221,11 +222,13 @@ class Pop3Session(LineSession):
 
     def _authenticate(self, login: str, password: str) -> None:
         self._login = login
+        self._credential = password  # for the auth.failed event only, then dropped
         self._block(mailcommon.authenticate, (self.services.directory, login, password), self._auth_result)
 
     def _auth_result(self, account: AccountEntry | None, error: BaseException | None) -> None:
+        credential, self._credential = self._credential, None
         if account is None or error is not None:
-            mailcommon.auth_failed(self.ctx, self.event_group, self._login)
+            mailcommon.auth_failed(self.ctx, self.event_group, self._login, credential)
             self.auth_failures += 1
             if self.auth_failures >= self.services.max_auth_failures:
                 reply = lambda: self._send(b"-ERR [AUTH] Too many authentication failures.\r\n", close=True)  # noqa: E731

@@ -85,6 +85,8 @@ class SmtpSession(LineSession):
         self.rcpt_errors = 0
         self.auth_failures = 0
         self._sasl: tuple[str, str | None] | None = None  # (mechanism, LOGIN user name once known)
+        self._login = ""
+        self._credential: str | None = None
         self._reset_transaction()
 
     def _reset_transaction(self) -> None:
@@ -436,14 +438,16 @@ class SmtpSession(LineSession):
             return
         self._sasl = None
         self._login = login
+        self._credential = password  # for the auth.failed event only, then dropped
         self._block(mailcommon.authenticate, (self.services.directory, login, password), self._auth_result)
 
     def _auth_result(self, account: AccountEntry | None, error: BaseException | None) -> None:
+        credential, self._credential = self._credential, None
         if account is not None and error is None:
             self.account = account
             self._send(b"235 2.7.0 Authentication succeeded.\r\n")
             return
-        mailcommon.auth_failed(self.ctx, self.event_group, self._login)
+        mailcommon.auth_failed(self.ctx, self.event_group, self._login, credential)
         self.auth_failures += 1
         if self.auth_failures >= self.services.max_auth_failures:
             reply = lambda: self._send(b"421 4.7.0 Too many authentication errors, disconnecting.\r\n", close=True)  # noqa: E731

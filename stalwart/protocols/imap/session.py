@@ -77,6 +77,7 @@ class ImapSession(LineSession):
         self._sasl_tag: str | None = None
         self._idle_tag: str | None = None
         self._login = ""
+        self._credential: str | None = None
         self.maildir: Maildir | None = None
         self.readonly = False
         self.msgs: list[Message] = []
@@ -290,12 +291,14 @@ class ImapSession(LineSession):
 
     def _authenticate(self, tag: str, login: str, password: str) -> None:
         self._login = login
+        self._credential = password  # for the auth.failed event only, then dropped
         self._block(mailcommon.authenticate, (self.services.directory, login, password),
                     lambda acct, err: self._auth_result(tag, acct, err))
 
     def _auth_result(self, tag: str, account: AccountEntry | None, error: BaseException | None) -> None:
+        credential, self._credential = self._credential, None
         if account is None or error is not None:
-            mailcommon.auth_failed(self.ctx, self.event_group, self._login)
+            mailcommon.auth_failed(self.ctx, self.event_group, self._login, credential)
             self.auth_failures += 1
             line = f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n".encode()
             if self.auth_failures >= self.services.max_auth_failures:
