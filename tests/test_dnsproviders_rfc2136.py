@@ -98,3 +98,17 @@ def test_propagation_wait_exact_match(knot):
         run(wait_for_txt(u, "example.test", "_acme-challenge.example.test", "token-value", interval=0.05,
                          timeout=0.3))
     assert info.value.temporary
+
+
+def test_dns_persist_record_is_ensured_and_visible(knot):
+    """DNS-PERSIST-01 (tls.md §7.5): the standing record is added once and checked on the server."""
+    from stalwart.services.dnsproviders.dns01 import DnsPersist01Solver
+
+    u = updater(knot.server())
+    solver = DnsPersist01Solver(u, "example.test", "letsencrypt.org", "https://ca.test/acct/7", wildcard=True)
+    run(solver.prepare("*.example.test", "tok", "tok.thumb"))
+    run(solver.prepare("example.test", "tok2", "tok2.thumb"))  # already there: not added twice
+    assert knot.txt("_validation-persist.example.test") == [
+        "letsencrypt.org; accounturi=https://ca.test/acct/7; policy=wildcard"]
+    run(solver.cleanup("example.test", "tok2", "tok2.thumb"))  # persistent: cleanup removes nothing
+    assert len(knot.txt("_validation-persist.example.test")) == 1

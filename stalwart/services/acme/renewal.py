@@ -73,7 +73,8 @@ def find_provider(cfg: Config, provider_id: str) -> AcmeProvider:
     raise PermanentError(f"no AcmeProvider with id {provider_id!r}")
 
 
-def solver_for(cfg: Config, domain, provider: AcmeProvider, data_dir: str) -> ChallengeSolver:
+def solver_for(cfg: Config, domain, provider: AcmeProvider, data_dir: str, account_uri: str | None = None,
+               names: Sequence[str] = ()) -> ChallengeSolver:
     store = ChallengeStore(data_dir)
     if provider.challenge_type == "Http01":
         return Http01Solver(store)
@@ -89,7 +90,14 @@ def solver_for(cfg: Config, domain, provider: AcmeProvider, data_dir: str) -> Ch
     if server is None:
         raise PermanentError(f"Domain {domain.name}: no DnsServer with id {dns.dns_server_id!r}")
     if provider.challenge_type == "DnsPersist01":
-        raise PermanentError("DnsPersist01 is not supported by this build; use Dns01")
+        from ..dnsproviders.dns01 import DnsPersist01Solver
+        from ..dnsproviders.managed import issuer_domain
+
+        issuer = issuer_domain(provider.directory)
+        if issuer is None or account_uri is None:
+            raise PermanentError(f"AcmeProvider {provider.id}: no issuer domain or account for DNS-PERSIST-01")
+        return DnsPersist01Solver(build_updater(server), dns.origin or domain.name, issuer, account_uri,
+                                  any(n.startswith("*.") for n in names))
     return Dns01Solver(build_updater(server), dns.origin or domain.name)
 
 
@@ -124,7 +132,7 @@ async def renew(cfg: Config, domain_name: str, data_dir: str, *, force: bool = F
         await client.update_contact(contact)  # tls.md §6 "We do better": edited contacts reach the CA
     if client.account_uri != uri or sorted(registered) != sorted(contact):
         state.save_account(provider.id, provider.directory, key, client.account_uri, contact)
-    solver = solver_for(cfg, domain, provider, data_dir)
+    solver = solver_for(cfg, domain, provider, data_dir, client.account_uri, names)
     reuse = None
     if provider.reuse_key and current is not None and current.subject_alternative_names == tuple(sorted(names)):
         from cryptography.hazmat.primitives import serialization

@@ -49,3 +49,34 @@ class Dns01Solver(ChallengeSolver):
     async def cleanup(self, identifier: str, token: str, key_authorization: str) -> None:
         await self.updater.remove_from_rrset(self.zone, challenge_name(identifier), "TXT",
                                              [challenge_value(key_authorization)])
+
+
+def persist_value(issuer: str, account_uri: str, wildcard: bool) -> str:
+    """tls.md §7.5: ``<issuer-domain>; accounturi=<uri>[; policy=wildcard]``."""
+    return f"{issuer}; accounturi={account_uri}" + ("; policy=wildcard" if wildcard else "")
+
+
+class DnsPersist01Solver(ChallengeSolver):
+    """DNS-PERSIST-01: nothing per order; the standing ``_validation-persist.<domain>`` TXT record
+    names the CA and the account. It is published with the managed record set (``caa`` kind); here
+    it is made sure to exist and be visible before the challenge is posted."""
+
+    type = "dns-persist-01"
+
+    def __init__(self, updater: DnsUpdater, zone: str, issuer: str, account_uri: str, wildcard: bool):
+        self.updater = updater
+        self.zone = zone
+        self.value = persist_value(issuer, account_uri, wildcard)
+
+    async def prepare(self, identifier: str, token: str, key_authorization: str) -> None:
+        name = "_validation-persist." + identifier.removeprefix("*.").rstrip(".").lower()
+        u = self.updater
+        try:
+            if self.value not in await u.list_rrset(self.zone, name, "TXT"):
+                await u.add_to_rrset(self.zone, name, "TXT", [self.value])
+            await wait_for_txt(u, self.zone, name, self.value, delay=u.propagation_delay,
+                               interval=u.polling_interval, timeout=u.propagation_timeout)
+        except DnsProviderError as exc:
+            err = DnsError(str(exc))
+            err.temporary = exc.temporary
+            raise err from None
