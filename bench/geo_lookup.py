@@ -180,12 +180,12 @@ def main() -> None:
         plain = BisectTable(v4, v6, values)
 
         from stalwart.services.geo import service as service_mod
-        from stalwart.services.geo.config import AsnResource
+        from stalwart.services.geo.config import AsnResource, Unauthenticated
 
         os.makedirs(os.path.join(tmp, "geo"))
         os.link(table_path, os.path.join(tmp, "geo", "asn.table"))
         service_mod.rangetable = C
-        geo = service_mod.GeoService(AsnResource(asn_urls=["file:///x"]), tmp)
+        geo = service_mod.GeoService(AsnResource(asn_urls=["file:///x"], http_auth=Unauthenticated()), tmp)
 
         # Same answers everywhere first.
         for x, text in zip(items[:20000], texts[:20000]):

@@ -27,7 +27,8 @@ def test_resource_tables_cli_and_restart(tmp_path):
     with CsvServer() as web:
         write_fixtures(web)
         asn = {"@type": "Resource", "asnUrls": [web.url("/asn-ipv4.csv"), web.url("/asn-ipv6.csv")],
-               "geoUrls": [web.url("/geo-ipv4.csv"), web.url("/geo-ipv6.csv.gz")], "expires": 3600000}
+               "geoUrls": [web.url("/geo-ipv4.csv"), web.url("/geo-ipv6.csv.gz")], "expires": 3600000,
+               "httpAuth": {"@type": "Unauthenticated"}}
         srv = Server(tmp_path, config(free_port(), asn)).start()
         try:
             srv.wait_log("resource.download-external", count=4)

@@ -131,7 +131,8 @@ def server():
 
 
 def asn_config(asn_urls, geo_urls=(), **extra):
-    doc = {"Asn": {"@type": "Resource", "asnUrls": list(asn_urls), "geoUrls": list(geo_urls), **extra}}
+    doc = {"Asn": {"@type": "Resource", "asnUrls": list(asn_urls), "geoUrls": list(geo_urls),
+                   "httpAuth": {"@type": "Unauthenticated"}, **extra}}
     return parse_bytes(msgspec.json.encode(doc)).Asn
 
 
@@ -265,13 +266,16 @@ def test_file_urls_and_their_size_cap(tmp_path):
 def test_config_rules():
     cfg = asn_config(["http://a/x.csv"])
     assert (cfg.expires, cfg.timeout, cfg.max_size) == (86400000, 300000, 104857600)
-    doc = b'{"Asn": {"@type": "Resource", "asnUrls": {"http://a/1.csv": true, "http://a/2.csv": false}, "maxSize": "1mb"}}'
+    doc = (b'{"Asn": {"@type": "Resource", "asnUrls": {"http://a/1.csv": true, "http://a/2.csv": false}, '
+           b'"maxSize": "1mb", "httpAuth": {"@type": "Unauthenticated"}}}')
     cfg = parse_bytes(doc).Asn
     assert cfg.asn_urls == ["http://a/1.csv"] and cfg.max_size == 1024 * 1024
     for bad, needle in (
-        ('{"@type": "Resource", "asnUrls": ["gopher://x"]}', "not an http"),
-        ('{"@type": "Resource", "httpHeaders": {"Bad Name": "x"}}', "Invalid header"),
-        ('{"@type": "Resource", "timeout": 0}', "duration"),
+        ('{"@type": "Resource", "asnUrls": ["gopher://x"], "httpAuth": {"@type": "Unauthenticated"}}', "not an http"),
+        ('{"@type": "Resource", "httpHeaders": {"Bad Name": "x"}, "httpAuth": {"@type": "Unauthenticated"}}',
+         "Invalid header"),
+        ('{"@type": "Resource", "timeout": 0, "httpAuth": {"@type": "Unauthenticated"}}', "duration"),
+        ('{"@type": "Resource", "asnUrls": []}', "httpAuth"),  # required, as in the reference
         ('{"@type": "Dns", "zoneIpV4": "z"}', "zoneIpV6"),
         ('{"@type": "Dns", "zoneIpV4": ".", "zoneIpV6": "z"}', "zone cannot be empty"),
         ('{"@type": "Mmdb"}', "asnDatabase"),

@@ -29,6 +29,8 @@ def p(text):
 
 
 def cfg_of(doc):
+    if doc.get("@type") == "Resource":
+        doc = {"httpAuth": {"@type": "Unauthenticated"}, **doc}
     return parse_bytes(msgspec.json.encode({"Asn": doc})).Asn
 
 

@@ -71,7 +71,7 @@ def run(args, data_dir: str) -> int:
 
 def offline_lookup(data_dir: str, address: str) -> dict | None:
     """Answer from ``<data-dir>/geo/*.table`` without the server; None when there are no tables."""
-    from .config import AsnResource
+    from .config import AsnResource, Unauthenticated
     from .refresh import KINDS, table_path
     from .service import GeoService
 
@@ -81,7 +81,7 @@ def offline_lookup(data_dir: str, address: str) -> dict | None:
         ip = ipaddress.ip_address(address.strip())
     except ValueError:
         return {"ok": False, "error": f"{address!r} is not an IP address"}
-    service = GeoService(AsnResource(), data_dir)
+    service = GeoService(AsnResource(http_auth=Unauthenticated()), data_dir)
     try:
         info = service.lookup(ip.packed)
     finally:

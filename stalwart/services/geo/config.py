@@ -77,7 +77,7 @@ class AsnDisabled(AsnBase, tag="Disabled"):
     """No ASN or country lookups (the default)."""
 
 
-class AsnResource(AsnBase, tag="Resource"):
+class AsnResource(AsnBase, tag="Resource", kw_only=True):
     """CSV tables in the ip-location-db layout, downloaded and refreshed every ``expires``."""
 
     asn_urls: UrlSet = []
@@ -85,7 +85,7 @@ class AsnResource(AsnBase, tag="Resource"):
     expires: Duration = Duration(86400000)
     timeout: Duration = Duration(300000)
     max_size: Size = Size(104857600)
-    http_auth: HttpAuth = msgspec.field(default_factory=Unauthenticated)
+    http_auth: HttpAuth  # required, as in the reference: {"@type": "Unauthenticated"} for none
     http_headers: dict[str, str] = {}
 
     def __post_init__(self) -> None:
