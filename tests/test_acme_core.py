@@ -233,3 +233,92 @@ def test_challenge_lookup_with_any_token_is_safe(tmp_path_factory, token):
     store = ChallengeStore(str(tmp_path_factory.getbasetemp()))
     assert store.http_answer(token) in (None,) or isinstance(store.http_answer(token), bytes)
     assert store.alpn_context(token) is None
+
+
+def test_ari_cert_id_matches_rfc9773_example():
+    """RFC 9773 §4.1: AKI 69:88:5B:6B:87:46:40:41:E1:B3:7B:84:7B:A0:AE:2C:DE:01:C8:D4, serial
+    00:87:65:43:21 -> aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"""
+    import datetime as dt
+
+    from cryptography import x509 as cx
+    from cryptography.x509.oid import NameOID
+
+    from stalwart.services.acme.client import ari_cert_id
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = cx.Name([cx.NameAttribute(NameOID.COMMON_NAME, "x")])
+    now = dt.datetime.now(dt.timezone.utc)
+    aki = bytes.fromhex("69885B6B87464041E1B37B847BA0AE2CDE01C8D4")
+    cert = (cx.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(0x87654321).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(cx.AuthorityKeyIdentifier(aki, None, None), critical=False)
+            .sign(key, hashes.SHA256()))
+    assert ari_cert_id(cert) == "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
+
+
+def test_ari_window_from_a_directory_with_renewal_info():
+    """RFC 9773 §4.2 shapes from a local server: the window is read, Retry-After honoured, and the
+    renewal time falls inside the window (or at the re-check, when sooner)."""
+    import asyncio
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cryptography.x509.oid import NameOID
+    import datetime as dt
+    from cryptography import x509 as cx
+
+    from stalwart.services.acme.client import AcmeClient, ari_cert_id
+    from stalwart.services.acme.http import HttpClient
+    from stalwart.services.acme.renewal import _ari_due
+
+    seen = []
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            if self.path == "/dir":
+                body = json.dumps({"newNonce": base + "/n", "newAccount": base + "/a", "newOrder": base + "/o",
+                                   "renewalInfo": base + "/ari/"}).encode()
+                extra = []
+            else:
+                seen.append(self.path)
+                body = json.dumps({"suggestedWindow": {"start": "2030-01-01T00:00:00Z",
+                                                       "end": "2030-01-03T00:00:00Z"}}).encode()
+                extra = [("Retry-After", "21600")]
+            self.send_response(200)
+            for k, v in [("Content-Type", "application/json"), *extra]:
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = cx.Name([cx.NameAttribute(NameOID.COMMON_NAME, "x")])
+        now = dt.datetime.now(dt.timezone.utc)
+        leaf = (cx.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(12345).not_valid_before(now).not_valid_after(now + dt.timedelta(days=90))
+                .add_extension(cx.AuthorityKeyIdentifier(b"\x01" * 20, None, None), critical=False)
+                .sign(key, hashes.SHA256()))
+        client = AcmeClient(f"http://127.0.0.1:{srv.server_address[1]}/dir", AccountKey.generate(), HttpClient())
+        start, end, recheck = asyncio.run(client.renewal_window(leaf))
+        assert seen == [f"/ari/{ari_cert_id(leaf)}"]
+        assert end - start == 2 * 86400 and recheck == 21600
+
+        class Parsed:  # what _ari_due needs of an installed certificate
+            chain_pem = leaf.public_bytes(__import__("cryptography.hazmat.primitives.serialization",
+                                                     fromlist=["Encoding"]).Encoding.PEM)
+
+        client.clock = lambda: start - 10 * 86400  # long before the window: re-check after Retry-After
+        assert asyncio.run(_ari_due(client, Parsed, random.Random(3))) == start - 10 * 86400 + 21600
+        client.clock = lambda: start  # inside: a random time in the window
+        at = asyncio.run(_ari_due(client, Parsed, random.Random(3)))
+        assert start <= at <= end
+    finally:
+        srv.shutdown()
+        srv.server_close()

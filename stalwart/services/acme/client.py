@@ -300,12 +300,38 @@ class AcmeClient:
             payload["reason"] = reason
         await self.post(d["revokeCert"], payload)
 
+    # -- ACME Renewal Information (RFC 9773) -------------------------------------------------------
+    async def renewal_window(self, leaf: x509.Certificate) -> tuple[float, float, float | None] | None:
+        """``(start, end, retry_after)`` of the CA's suggested renewal window (RFC 9773 §4.2), or
+        None when the directory has no ``renewalInfo``. Times are Unix seconds."""
+        d = await self.directory()
+        base = d.get("renewalInfo")
+        if not isinstance(base, str):
+            return None
+        resp = await self._call("GET", f"{base.rstrip('/')}/{ari_cert_id(leaf)}")
+        if resp.status != 200:
+            raise self._problem(resp)
+        try:
+            window = json.loads(resp.body)["suggestedWindow"]
+            start = _rfc3339(window["start"])
+            end = _rfc3339(window["end"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AcmeError(f"renewalInfo: malformed window: {exc}") from None
+        if end < start:
+            raise AcmeError("renewalInfo: window ends before it starts")
+        return start, end, retry_after(resp, self.clock())
+
     # -- orders (RFC 8555 §7.4) --------------------------------------------------------------------
     async def issue(self, names: Sequence[str], solver: ChallengeSolver, *,
-                    key: ec.EllipticCurvePrivateKey | None = None, preferred_chain: str | None = None) -> Issued:
-        """Order a certificate for ``names``, solve its authorizations, finalize and download."""
+                    key: ec.EllipticCurvePrivateKey | None = None, preferred_chain: str | None = None,
+                    replaces: str | None = None) -> Issued:
+        """Order a certificate for ``names``, solve its authorizations, finalize and download.
+        ``replaces`` is the ARI certificate id of the certificate this one succeeds (RFC 9773 §5)."""
         d = await self.directory()
-        resp = await self.post(d["newOrder"], {"identifiers": [{"type": "dns", "value": n} for n in names]})
+        payload: dict = {"identifiers": [{"type": "dns", "value": n} for n in names]}
+        if replaces and "renewalInfo" in d:
+            payload["replaces"] = replaces
+        resp = await self.post(d["newOrder"], payload)
         order_url = resp.header("location")
         if not order_url:
             raise AcmeError("newOrder response has no Location")
@@ -398,6 +424,19 @@ class AcmeClient:
                 if _top_issuer_cn(alt_resp.body) == preferred:
                     return alt_resp.body
         return chain
+
+
+def ari_cert_id(leaf: x509.Certificate) -> str:
+    """RFC 9773 §4.1: base64url(AKI keyIdentifier) "." base64url(DER serial number bytes)."""
+    aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier or b""
+    serial = leaf.serial_number
+    return f"{b64u(aki)}.{b64u(serial.to_bytes((serial.bit_length() + 8) // 8, 'big'))}"
+
+
+def _rfc3339(text: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def _top_issuer_cn(chain_pem: bytes) -> str | None:

@@ -8,15 +8,19 @@ its ``renewAt`` (tls.md §7.2 "We do better").
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Sequence
 
+from cryptography import x509
+
+from ... import events
 from ...config.model import Config
 from ...config.secrets import resolve
 from ...tls.certs import ParsedCertificate, parse_certificate
 from ..dnsproviders.config import DnsManagementAutomatic
 from .challenges import ChallengeStore, Http01Solver, TlsAlpn01Solver
-from .client import AcmeClient, AcmeError, ChallengeSolver
+from .client import AcmeClient, AcmeError, ChallengeSolver, ari_cert_id
 from .config import RENEW_FRACTION, AcmeProvider, CertificateAutomatic, normalize_contact
 from .http import HttpClient
 from .state import AcmeState
@@ -101,8 +105,36 @@ def solver_for(cfg: Config, domain, provider: AcmeProvider, data_dir: str, accou
     return Dns01Solver(build_updater(server), dns.origin or domain.name)
 
 
+def _leaf(cert: ParsedCertificate) -> x509.Certificate:
+    return x509.load_pem_x509_certificates(cert.chain_pem)[0]
+
+
+def _cert_id(cert: ParsedCertificate) -> str | None:
+    try:
+        return ari_cert_id(_leaf(cert))
+    except (ValueError, x509.ExtensionNotFound):
+        return None  # no Authority Key Identifier: nothing to name in "replaces"
+
+
+async def _ari_due(client: AcmeClient, cert: ParsedCertificate, rng: random.Random) -> float | None:
+    """tls.md §7.3 "We do better": a random time inside the CA's suggested window, or the re-check
+    time the CA asked for when sooner; None without ARI (or when asking failed: renewBefore applies)."""
+    try:
+        window = await client.renewal_window(_leaf(cert))
+    except (AcmeError, ValueError, x509.ExtensionNotFound) as exc:
+        events.emit("acme.renewal-info-error", level="debug", Reason=str(exc))
+        return None
+    if window is None:
+        return None
+    start, end, recheck = window
+    at = start + rng.random() * (end - start)
+    if recheck is not None:
+        at = min(at, client.clock() + recheck)
+    return at
+
+
 async def renew(cfg: Config, domain_name: str, data_dir: str, *, force: bool = False,
-                clock=time.time, http: HttpClient | None = None) -> dict:
+                clock=time.time, http: HttpClient | None = None, rng: random.Random | None = None) -> dict:
     """Run one renewal. Returns ``{"status": "issued"|"not-due", "renewAt", "notAfter", "names"}``;
     raises :class:`AcmeError` (``temporary`` tells the scheduler whether to retry)."""
     domain = find_domain(cfg, domain_name)
@@ -114,14 +146,23 @@ async def renew(cfg: Config, domain_name: str, data_dir: str, *, force: bool = F
     state = AcmeState(data_dir)
     current = state.certificate(domain.name)
     now = clock()
-    if (current is not None and not force and current.subject_alternative_names == tuple(sorted(names))
-            and current.usable_at(now) and now < renew_at(current, provider.renew_before)):
-        return {"status": "not-due", "renewAt": renew_at(current, provider.renew_before),
-                "notAfter": current.not_valid_after, "names": names}
+    matching = (current is not None and current.subject_alternative_names == tuple(sorted(names))
+                and current.usable_at(now))
     contact = [normalize_contact(c) for c in provider.contact]
     key, uri, registered = state.load_account(provider.id, provider.directory)
     client = AcmeClient(provider.directory, key, http or HttpClient(ca_file=provider.ca_file), account_uri=uri,
                         clock=clock)
+    replaces = None
+    if matching and not force:
+        due_at = await _ari_due(client, current, rng or random.Random())
+        if due_at is None:
+            due_at = renew_at(current, provider.renew_before)
+        else:
+            replaces = _cert_id(current)
+        if now < due_at:
+            return {"status": "not-due", "renewAt": due_at, "notAfter": current.not_valid_after, "names": names}
+    elif matching:
+        replaces = _cert_id(current)
     eab = None
     if provider.eab_key_id and provider.eab_hmac_key is not None:
         eab = (provider.eab_key_id, resolve(provider.eab_hmac_key, "eabHmacKey") or "")
@@ -139,7 +180,8 @@ async def renew(cfg: Config, domain_name: str, data_dir: str, *, force: bool = F
 
         reuse = serialization.load_pem_private_key(current.key_pem, password=None)
     try:
-        issued = await client.issue(names, solver, key=reuse, preferred_chain=provider.preferred_chain)
+        issued = await client.issue(names, solver, key=reuse, preferred_chain=provider.preferred_chain,
+                                    replaces=replaces)
     finally:
         if client.account_uri != uri:  # re-registered on accountDoesNotExist
             state.save_account(provider.id, provider.directory, key, client.account_uri, contact)
