@@ -250,3 +250,9 @@ def test_unreachable_api_is_temporary():
     with pytest.raises(DnsProviderError) as info:
         run(u.list_rrset(ZONE, ZONE, "MX"))
     assert info.value.temporary
+
+
+def test_deprecated_variant_loads_but_does_not_build():
+    cfg = parse_bytes(json.dumps({"DnsServer": [{"@type": "Deprecated1"}]}).encode())
+    with pytest.raises(DnsProviderError, match="no longer supported"):
+        build_updater(cfg.DnsServer[0])

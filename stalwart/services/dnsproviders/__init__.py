@@ -20,8 +20,8 @@ def build_updater(server, path: str = "$.DnsServer") -> DnsUpdater:
         from .hosted import hosted_updater
 
         updater = hosted_updater(server, path)
-    else:
-        raise DnsProviderError(f"{path}: DNS server type {type(server).__name__} is not supported")
+    else:  # Deprecated1, the slot of the removed Sig0 variant
+        raise DnsProviderError(f"{path}: DNS server type no longer supported")
     updater.ttl = server.ttl_seconds
     updater.propagation_delay = (int(server.propagation_delay) / 1000.0) if server.propagation_delay else 0.0
     updater.polling_interval = int(server.polling_interval) / 1000.0

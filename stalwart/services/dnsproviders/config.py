@@ -78,7 +78,11 @@ class DigitalOcean(DnsServerBase, tag="DigitalOcean"):
     base_url: str = "https://api.digitalocean.com/v2"  # (new)
 
 
-DnsServer = Tsig | Cloudflare | DeSEC | DigitalOcean
+class Deprecated1(DnsServerBase, tag="Deprecated1"):
+    """The slot of the removed ``Sig0`` variant: it loads, but building it fails (services.md §2.2)."""
+
+
+DnsServer = Tsig | Cloudflare | DeSEC | DigitalOcean | Deprecated1
 
 
 class _Management(msgspec.Struct, tag_field="@type", rename="camel", forbid_unknown_fields=True, kw_only=True):
