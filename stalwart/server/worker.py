@@ -25,6 +25,9 @@ from ..net.driver import Connection
 from ..protocols import session_factory
 from ..protocols.http.metrics import MetricsTable
 from ..security.access import AccessLists, load_runtime
+from ..services.cache import sweep_expired
+from ..services.cache.registry import CacheRegistry
+from ..services.dns import build_resolver
 from ..security.autoban import AutoBan, SharedSecurity
 from ..services.acme.alpn import tls_alpn_responder
 from .plan import GenerationPlan, ListenerPlan
@@ -83,6 +86,10 @@ class Worker:
         self.sessions: set[Connection] = set()
         self.access_path = plan.extra.get("access_db")
         self.access = self._load_access()
+        # Per-worker result caches sized by the Cache object, and the DNS resolver on top of them
+        # (services.md): built here, after fork, so no cache or socket is shared by accident.
+        self.caches = CacheRegistry(plan.config.Cache)
+        self.dns = build_resolver(plan.config, self.caches)
         # Auto-ban consumes the sessions' security events (security.md §4); the tables are the
         # master's shared ones (a private pair when a worker is built without a master).
         self.autoban = AutoBan(self, plan.extra.get("security") or SharedSecurity(8, 16), plan.config)
@@ -146,9 +153,11 @@ class Worker:
         self._report("R")
         self._ready_sent = True
         sweeper = loop.create_task(self._sweep())
+        expiry = loop.create_task(sweep_expired(self.caches.caches))
         await self._stop.wait()
         await self._drain()
         sweeper.cancel()
+        expiry.cancel()
         return 0
 
     # -- signals -----------------------------------------------------------------------------
