@@ -8,6 +8,7 @@ from mailcore import chunkings, ctx, drive, names, record_events, replies, servi
 
 from stalwart.accounts.sasl import encode_plain
 from stalwart.mailstore import MailStore
+from stalwart.protocols.base import NEED_DATA, Blocking
 from stalwart.protocols.imap import ImapSession
 from stalwart.protocols.imap.fetch import envelope, header_fields, section_bytes
 from stalwart.protocols.imap.syntax import ImapSyntaxError, Literal, SequenceSet, tokenize
@@ -244,3 +245,24 @@ def test_search_headers_text_and_dates(tmp_path):
         assert out == b"* SEARCH" + (b" " + hits if hits else b"") + b"\r\nq OK SEARCH completed.\r\n", query
     out = replies(drive(core, [b"q SEARCH SENTON 31-Feb-2026\r\nr SEARCH FROM\r\n"]))
     assert out == b"q BAD invalid date.\r\nr BAD FROM needs an argument.\r\n"
+
+
+def test_fetch_reads_in_batches(tmp_path, monkeypatch):
+    from stalwart.protocols.imap import session as mod
+
+    monkeypatch.setattr(mod, "FETCH_BATCH_BYTES", 300)
+    seed(tmp_path, 5)
+    core = imap(tmp_path)
+    login(core)
+    drive(core, [b"s SELECT INBOX\r\n"])
+    core.receive_data(b"f FETCH 1:* BODY.PEEK[]\r\nn NOOP\r\n")
+    jobs, out = 0, []
+    while (ev := core.next_event()) is not NEED_DATA:
+        if isinstance(ev, Blocking):
+            jobs += 1
+            core.blocking_done(ev.fn(*ev.args), None)
+        else:
+            out.append(ev)
+    text = replies(out)
+    assert jobs >= 3 and text.count(b" FETCH (BODY[] {") == 5
+    assert text.endswith(b"f OK FETCH completed.\r\nn OK NOOP completed.\r\n")

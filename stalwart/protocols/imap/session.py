@@ -29,6 +29,7 @@ _FLAG_CASE = {f.lower(): f for f in SYSTEM_FLAGS}
 MAX_LITERAL = 65536  # no APPEND here: literals carry only names and credentials
 MAX_COMMAND = 262144
 MAX_ERRORS = 10
+FETCH_BATCH_BYTES = 8 << 20  # message bytes read per FETCH job (one larger message is read alone)
 _STORE_ACTIONS = frozenset(p + "FLAGS" + s for p in ("", "+", "-") for s in ("", ".SILENT"))
 _NOT_AUTH, _AUTH, _SELECTED = range(3)
 
@@ -425,15 +426,30 @@ class ImapSession(LineSession):
             self._ok(tag, f"{'UID ' if uid else ''}FETCH completed.")
             return
         if not content and not seen:
-            self._fetched(tag, uid, items, [i for i, _ in chosen], [(m, None) for _, m in chosen], None)
+            self._fetched(tag, uid, items, [i for i, _ in chosen], [(m, None) for _, m in chosen], None, True)
             return
-        self._block(_fetch_job, (self.maildir, [m for _, m in chosen], content, seen),
-                    lambda res, err: self._fetched(tag, uid, items, [i for i, _ in chosen], res, err))
+        self._fetch_batch(tag, uid, items, chosen, content, seen)
 
-    def _fetched(self, tag: str, uid: bool, items: list, seqs: list[int], res, error) -> None:
+    def _fetch_batch(self, tag: str, uid: bool, items: list, chosen: list, content: bool, seen: bool) -> None:
+        """Read and answer at most FETCH_BATCH_BYTES of messages per job: ``FETCH 1:* BODY[]`` on a
+        big mailbox streams in slices instead of holding every message in memory at once."""
+        n, size = 0, 0
+        while n < len(chosen) and (n == 0 or size + chosen[n][1].size <= FETCH_BATCH_BYTES):
+            size += chosen[n][1].size
+            n += 1
+        batch, rest = chosen[:n], chosen[n:]
+
+        def done(res, err):
+            if self._fetched(tag, uid, items, [i for i, _ in batch], res, err, not rest) and rest:
+                self._fetch_batch(tag, uid, items, rest, content, seen)
+
+        self._block(_fetch_job, (self.maildir, [m for _, m in batch], content, seen), done)
+
+    def _fetched(self, tag: str, uid: bool, items: list, seqs: list[int], res, error, last: bool) -> bool:
+        """Send the FETCH responses of one batch (and the tagged OK after the last); False on failure."""
         if error is not None:
             self._send(f"{tag} NO [SERVERBUG] Cannot read messages.\r\n".encode())
-            return
+            return False
         out = []
         for seq, (msg, data) in zip(seqs, res):
             flags_changed = self.msgs[seq - 1].flags != msg.flags
@@ -442,11 +458,14 @@ class ImapSession(LineSession):
                 parts = [self._render(item, msg, data) for item in items]
             except Exception:  # noqa: BLE001 - the email parser on arbitrary stored bytes; never crash the session
                 self._send(b"".join(out) + f"{tag} NO [SERVERBUG] Message {seq} cannot be parsed.\r\n".encode())
-                return
+                return False
             if flags_changed and not any(i.name == "FLAGS" for i in items):
                 parts.append(b"FLAGS " + _flags(msg))
             out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
-        self._send(b"".join(out) + f"{tag} OK {'UID ' if uid else ''}FETCH completed.\r\n".encode())
+        if last:
+            out.append(f"{tag} OK {'UID ' if uid else ''}FETCH completed.\r\n".encode())
+        self._send(b"".join(out))
+        return True
 
     @staticmethod
     def _render(item: fetchmod.Item, msg: Message, data: bytes | None) -> bytes:
