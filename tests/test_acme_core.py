@@ -322,3 +322,27 @@ def test_ari_window_from_a_directory_with_renewal_info():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_certificate_store_serves_installed_files_and_skips_broken_ones(tmp_path):
+    """The TLS store takes ``<data-dir>/acme/certs/*.pem`` with the Certificate objects; a broken
+    file is logged and skipped, a changed directory is noticed by reload_if_changed (tls.md §5)."""
+    import os
+
+    from stalwart.services.acme.state import AcmeState
+    from stalwart.tls import CertificateStore
+
+    cfg = parse_bytes(json.dumps({"NetworkListener": [{"name": "https", "protocol": "http", "bind": ["127.0.0.1:4430"],
+                                                       "tlsImplicit": True}]}).encode())
+    store = CertificateStore.build(cfg, str(tmp_path), "host.test")
+    assert store.resolve_certificate("mail.example.test") is None
+    os.makedirs(tmp_path / "acme" / "certs", exist_ok=True)
+    (tmp_path / "acme" / "certs" / "broken.pem").write_text("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
+    made = generate_self_signed(["mail.example.test"], __import__("time").time())
+    AcmeState(str(tmp_path)).install("example.test", made.chain_pem, made.key_pem)
+    assert store.sources_changed() and store.reload_if_changed()
+    gen = store.generation
+    assert [c.id for c in gen.certificates] == ["file:example.test"]
+    assert [e.path.startswith(str(tmp_path / "acme" / "certs" / "broken.pem")) for e in gen.failed] == [True]
+    assert store.resolve_certificate("mail.example.test").fingerprint == made.fingerprint
+    assert not store.reload_if_changed()

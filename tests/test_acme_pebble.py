@@ -371,3 +371,30 @@ def test_preferred_chain_follows_alternate_links(pebble_factory, tmp_path):
         assert top == wanted
     finally:
         web.close()
+
+
+@pytest.mark.slow
+def test_unreachable_ca_is_retried_and_the_server_keeps_serving(tmp_path):
+    """A CA that does not answer is a temporary failure: logged, retried with backoff, visible in
+    `acme status`, kept across a restart; the listeners go on serving the fallback certificate."""
+    http_port, tls_port, dead = free_port(), free_port(), free_port()
+    provider = {"id": "p", "directory": f"https://127.0.0.1:{dead}/dir", "challengeType": "Http01",
+                "contact": ["admin@example.test"]}
+    domain = {"name": "example.test", "certificateManagement": {"@type": "Automatic", "acmeProviderId": "p"}}
+    srv = Server(tmp_path / "srv", server_config(http_port, tls_port, provider, domain)).start()
+    try:
+        log = srv.wait_log("acme.renewal-error", timeout=30)
+        assert "Details=Http" in log
+        out = cli(srv.data_dir, "acme", "status", "--json")
+        entry = json.loads(out.stdout)["example.test"]
+        assert entry["status"] == "retry" and entry["attempts"] == 1 and 20 <= entry["dueIn"] <= 100
+        assert presented_chain(tls_port, "mail.example.test")  # still serving
+    finally:
+        srv.stop()
+    srv.start()
+    try:
+        out = cli(srv.data_dir, "acme", "status", "--json")
+        entry = json.loads(out.stdout)["example.test"]
+        assert entry["status"] == "retry" and entry["attempts"] == 1  # the schedule survived the restart
+    finally:
+        srv.stop()
