@@ -21,6 +21,8 @@ from . import fetch as fetchmod
 from .search import parse_search
 from .syntax import LITERAL_RE, TAG_RE, ImapSyntaxError, SequenceSet, astring, tokenize
 
+from ...mailstore import MailstoreError
+
 if TYPE_CHECKING:
     from ...mailstore import Maildir, Message
 
@@ -42,6 +44,23 @@ def _fetch_job(maildir: Maildir, msgs: list[Message], content: bool, seen: bool)
             m = maildir.set_flags(m, m.flags | {"\\Seen"})
         out.append((m, data))
     return out
+
+
+def _search_job(maildir: Maildir | None, msgs: list[Message], search) -> list[tuple[int, Message]]:
+    """(sequence number, message) of every match; reads one message at a time when a key needs
+    the contents (``maildir`` is None when none does)."""
+    largest_seq, largest_uid = len(msgs), (msgs[-1].uid if msgs else 0)
+    hits = []
+    for i, m in enumerate(msgs, 1):
+        data = None
+        if maildir is not None:
+            try:
+                data = maildir.read(m)
+            except MailstoreError:
+                continue  # expunged by another session meanwhile: it matches nothing
+        if search.matches(i, m, largest_seq, largest_uid, data):
+            hits.append((i, m))
+    return hits
 
 
 def _store_job(maildir: Maildir, changes: list) -> list:
@@ -553,21 +572,17 @@ class ImapSession(LineSession):
         search = parse_search(toks)
         msgs = list(self.msgs)
 
-        def done(res, error):
+        def done(hits, error):
             if error is not None:
                 self._send(f"{tag} NO [SERVERBUG] Cannot read messages.\r\n".encode())
                 return
-            largest_seq = len(msgs)
-            largest_uid = msgs[-1].uid if msgs else 0
-            hits = [(m.uid if uid else i) for i, ((m, data)) in enumerate(res, 1)
-                    if search.matches(i, m, largest_seq, largest_uid, data)]
-            line = b"* SEARCH" + b"".join(b" %d" % h for h in hits) + b"\r\n"
+            line = b"* SEARCH" + b"".join(b" %d" % (m.uid if uid else i) for i, m in hits) + b"\r\n"
             self._ok(tag, f"{'UID ' if uid else ''}SEARCH completed.", line)
 
         if search.needs_content and msgs:
-            self._block(_fetch_job, (self.maildir, msgs, True, False), done)  # reads; sets no flags
+            self._block(_search_job, (self.maildir, msgs, search), done)
         else:
-            done([(m, None) for m in msgs], None)
+            done(_search_job(None, msgs, search), None)
 
     def _cmd_expunge(self, tag: str, toks: list, close: bool = False) -> None:
         if self.readonly:
