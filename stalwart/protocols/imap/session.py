@@ -13,6 +13,7 @@ import fnmatch
 from typing import TYPE_CHECKING
 
 from ...accounts import AccountEntry, sasl
+from ...mailstore import MailstoreError
 from .. import mailcommon
 from ..base import SessionContext
 from ..lines import LineSession
@@ -20,8 +21,6 @@ from ..mailcommon import MailServices
 from . import fetch as fetchmod
 from .search import parse_search
 from .syntax import LITERAL_RE, TAG_RE, ImapSyntaxError, SequenceSet, astring, tokenize
-
-from ...mailstore import MailstoreError
 
 if TYPE_CHECKING:
     from ...mailstore import Maildir, Message
