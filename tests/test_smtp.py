@@ -287,3 +287,9 @@ def test_auth_failed_event_carries_a_masked_credential(tmp_path, emitted):
     [(name, keys)] = emitted
     assert keys["Credential"].value == "hunter2" and "hunter2" not in _fmt(keys["Credential"])
     assert core._credential is None
+
+
+def test_session_transfer_quota(tmp_path):
+    core = smtp(tmp_path, transfer_limit=100)
+    out = replies(drive(core, [b"EHLO c\r\n", b"NOOP\r\n" * 20]))
+    assert out.endswith(b"452 4.7.28 mx.example.test Session exceeded transfer quota.\r\n") and core.closed

@@ -31,7 +31,7 @@ def session_factory(protocol: str, cfg: Config, data_dir: str | None = None,
         size = min(MAX_MESSAGE_SIZE, int(mta.transfer_limit))
         return lambda ctx: SmtpSession(ctx, smtp_timeout, lmtp=protocol == "lmtp", services=mail,
                                        max_duration_ms=int(mta.max_duration), max_message_size=size,
-                                       allow_plain_auth=plain_auth)
+                                       allow_plain_auth=plain_auth, transfer_limit=int(mta.transfer_limit))
     if protocol == "imap":
         mail = MailServices.build(cfg, data_dir)
         return lambda ctx: ImapSession(ctx, imap_timeout, services=mail, allow_plain_auth=plain_auth)

@@ -68,7 +68,7 @@ class SmtpSession(LineSession):
                  services: MailServices | None = None, max_duration_ms: int = 600000,
                  max_message_size: int = MAX_MESSAGE_SIZE, max_recipients: int = MAX_RECIPIENTS,
                  max_errors: int = MAX_ERRORS, max_rcpt_errors: int = MAX_RCPT_ERRORS,
-                 allow_plain_auth: bool = False):
+                 allow_plain_auth: bool = False, transfer_limit: int = 262144000):
         super().__init__(ctx)
         self.lmtp = lmtp
         self._timeout_ms = timeout_ms
@@ -79,6 +79,8 @@ class SmtpSession(LineSession):
         self.max_errors = max_errors
         self.max_rcpt_errors = max_rcpt_errors
         self.allow_plain_auth = allow_plain_auth
+        self.transfer_limit = transfer_limit  # MtaInboundSession.transferLimit: bytes per session
+        self.received = 0
         self.helo: str | None = None
         self.account: AccountEntry | None = None
         self.errors = 0
@@ -109,6 +111,11 @@ class SmtpSession(LineSession):
         if data and not self.closed and self.now - self.ctx.started > self.max_duration:
             events.emit("smtp.time-limit-exceeded", SpanId=self.ctx.span_id, RemoteIp=self.ctx.remote_ip)
             self._send(f"421 4.3.2 {self.ctx.hostname} Session open for too long.\r\n".encode(), close=True)
+            return
+        self.received += len(data)
+        if self.received > self.transfer_limit and not self.closed:
+            # network.md §8: the session's transfer quota; not counted as loitering (security.md §4)
+            self._send(f"452 4.7.28 {self.ctx.hostname} Session exceeded transfer quota.\r\n".encode(), close=True)
             return
         super().receive_data(data)
 
