@@ -398,3 +398,35 @@ def test_unreachable_ca_is_retried_and_the_server_keeps_serving(tmp_path):
         assert entry["status"] == "retry" and entry["attempts"] == 1  # the schedule survived the restart
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_reuse_key_and_contact_update(pebble_factory, tmp_path):
+    """``reuseKey`` keeps the private key across renewals; an edited contact list reaches the CA."""
+    from stalwart.config import parse_bytes
+    from stalwart.services.acme.renewal import renew
+    from stalwart.services.acme.state import AcmeState
+
+    data = str(tmp_path / "data")
+    web = _ChallengeHttp(data)
+    try:
+        peb = pebble_factory(http_port=web.port)
+
+        def cfg(reuse: bool, contact: str):
+            return parse_bytes(json.dumps({
+                "AcmeProvider": [{"id": "p", "directory": peb.directory_url, "challengeType": "Http01",
+                                  "contact": [contact], "caFile": peb.ca_file, "reuseKey": reuse}],
+                "Domain": [{"name": "example.test", "certificateManagement": {
+                    "@type": "Automatic", "acmeProviderId": "p", "subjectAlternativeNames": ["mail"]}}]}).encode())
+
+        state = AcmeState(data)
+        asyncio.run(renew(cfg(True, "a@example.test"), "example.test", data))
+        first = state.certificate("example.test")
+        asyncio.run(renew(cfg(True, "b@example.test"), "example.test", data, force=True))
+        second = state.certificate("example.test")
+        assert second.fingerprint != first.fingerprint and second.key_pem == first.key_pem
+        assert state.load_account("p", peb.directory_url)[2] == ["mailto:b@example.test"]
+        asyncio.run(renew(cfg(False, "b@example.test"), "example.test", data, force=True))
+        assert state.certificate("example.test").key_pem != first.key_pem
+    finally:
+        web.close()
