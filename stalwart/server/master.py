@@ -316,16 +316,16 @@ class Master:
                 proc.error = line[2:].decode("utf-8", "replace")
 
     def _reap(self) -> None:
-        while True:
+        # Wait for our workers by PID, never waitpid(-1): the master also runs helper processes
+        # (GeoIP and ACME work) whose owners must collect their own exit status.
+        for pid in list(self.by_pid):
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            proc = self.by_pid.pop(pid, None)
-            if proc is None:
+                done, status = pid, 0
+            if done == 0:
                 continue
+            proc = self.by_pid.pop(pid)
             self._read_status(proc)  # a boot error line may still be in the pipe
             self._unregister(proc.status_fd)
             os.close(proc.status_fd)
