@@ -1,5 +1,5 @@
 """Hosted DNS APIs against local servers speaking their documented request and response shapes
-(Cloudflare API v4, deSEC, DigitalOcean API v2), including their error replies (services.md §2.2)."""
+(Cloudflare API v4, deSEC, DigitalOcean API v2, Hetzner DNS, Linode API v4), including their error replies (services.md §2.2)."""
 from __future__ import annotations
 
 import asyncio
@@ -65,7 +65,9 @@ class Handler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.requests.append((method, self.path, body))
             scheme = "Token" if srv.kind == "desec" else "Bearer"
-            if self.headers.get("Authorization") != f"{scheme} {TOKEN}":
+            authorized = (self.headers.get("Auth-API-Token") == TOKEN if srv.kind == "hetzner"
+                          else self.headers.get("Authorization") == f"{scheme} {TOKEN}")
+            if not authorized:
                 return self.reply(*AUTH_ERRORS[srv.kind])
             if srv.fail_next is not None:
                 status, doc = srv.fail_next
@@ -161,16 +163,62 @@ class Handler(BaseHTTPRequestHandler):
         return self.reply(405, {"id": "method_not_allowed", "message": "method"})
 
 
+    # https://dns.hetzner.com/api-docs
+    def hetzner(self, method, path, query, body):
+        srv = self.server
+        if path == "/zones":
+            zones = [{"id": "z1", "name": ZONE}] if query.get("name") == ZONE else []
+            return self.reply(200, {"zones": zones, "meta": {"pagination": {"total_entries": len(zones)}}})
+        if path == "/records" and method == "GET":
+            return self.reply(200, {"records": [r for r in srv.records if r["zone_id"] == query.get("zone_id")]})
+        if path == "/records" and method == "POST":
+            if body["name"].endswith(ZONE):
+                return self.reply(422, {"error": {"message": "invalid name", "code": 422}})
+            rec = {"id": f"r{next(srv.ids)}", **body}
+            srv.records.append(rec)
+            return self.reply(200, {"record": rec})
+        if path.startswith("/records/") and method == "DELETE":
+            rid = path.rsplit("/", 1)[1]
+            srv.records[:] = [r for r in srv.records if r["id"] != rid]
+            return self.reply(200)
+        return self.reply(404, {"error": {"message": "not found", "code": 404}})
+
+    # https://techdocs.akamai.com/linode-api/reference/get-domain-records
+    def linode(self, method, path, query, body):
+        srv = self.server
+        if path == "/domains":
+            return self.reply(200, {"data": [{"id": 7, "domain": ZONE}], "page": 1, "pages": 1, "results": 1})
+        prefix = "/domains/7/records"
+        if not path.startswith(prefix):
+            return self.reply(404, {"errors": [{"reason": "Not found"}]})
+        if method == "GET":
+            return self.reply(200, {"data": srv.records, "page": 1, "pages": 1, "results": len(srv.records)})
+        if method == "POST":
+            if body["type"] == "MX" and "priority" not in body:
+                return self.reply(400, {"errors": [{"reason": "priority is required", "field": "priority"}]})
+            rec = {"id": next(srv.ids), "priority": 0, "weight": 0, "port": 0, "tag": None, **body}
+            srv.records.append(rec)
+            return self.reply(200, rec)
+        if method == "DELETE":
+            rid = int(path.rsplit("/", 1)[1])
+            srv.records[:] = [r for r in srv.records if r["id"] != rid]
+            return self.reply(200, {})
+        return self.reply(405, {"errors": [{"reason": "Method Not Allowed"}]})
+
+
 AUTH_ERRORS = {
     "cloudflare": (403, {"success": False, "errors": [{"code": 10000, "message": "Authentication error"}],
                          "messages": [], "result": None}),
     "desec": (401, {"detail": "Invalid token."}),
     "digitalocean": (401, {"id": "unauthorized", "message": "Unable to authenticate you"}),
+    "hetzner": (401, {"message": "Invalid authentication credentials"}),
+    "linode": (401, {"errors": [{"reason": "Invalid Token"}]}),
 }
-TYPES = {"cloudflare": "Cloudflare", "desec": "DeSEC", "digitalocean": "DigitalOcean"}
+TYPES = {"cloudflare": "Cloudflare", "desec": "DeSEC", "digitalocean": "DigitalOcean", "hetzner": "Hetzner",
+         "linode": "Linode"}
 
 
-@pytest.fixture(params=["cloudflare", "desec", "digitalocean"])
+@pytest.fixture(params=list(TYPES))
 def api(request):
     srv = FakeApi(request.param)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -220,8 +268,8 @@ def test_bad_token_is_a_permanent_error_with_the_providers_message(api):
     with pytest.raises(DnsProviderError) as info:
         run(u.set_rrset(ZONE, f"x.{ZONE}", "TXT", ["v"]))
     assert not info.value.temporary
-    assert {"cloudflare": "Authentication error", "desec": "Invalid token",
-            "digitalocean": "Unable to authenticate"}[api.kind] in str(info.value)
+    assert {"cloudflare": "Authentication error", "desec": "Invalid token", "digitalocean": "Unable to authenticate",
+            "hetzner": "Invalid authentication credentials", "linode": "Invalid Token"}[api.kind] in str(info.value)
 
 
 @pytest.mark.parametrize("status", [429, 500])

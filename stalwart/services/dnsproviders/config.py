@@ -78,11 +78,25 @@ class DigitalOcean(DnsServerBase, tag="DigitalOcean"):
     base_url: str = "https://api.digitalocean.com/v2"  # (new)
 
 
+class Hetzner(DnsServerBase, tag="Hetzner"):
+    """Hetzner DNS API v1 (``Auth-API-Token``)."""
+
+    secret: SecretKey
+    base_url: str = "https://dns.hetzner.com/api/v1"  # (new)
+
+
+class Linode(DnsServerBase, tag="Linode"):
+    """Linode API v4 domains (``Authorization: Bearer``)."""
+
+    secret: SecretKey
+    base_url: str = "https://api.linode.com/v4"  # (new)
+
+
 class Deprecated1(DnsServerBase, tag="Deprecated1"):
     """The slot of the removed ``Sig0`` variant: it loads, but building it fails (services.md §2.2)."""
 
 
-DnsServer = Tsig | Cloudflare | DeSEC | DigitalOcean | Deprecated1
+DnsServer = Tsig | Cloudflare | DeSEC | DigitalOcean | Hetzner | Linode | Deprecated1
 
 
 class _Management(msgspec.Struct, tag_field="@type", rename="camel", forbid_unknown_fields=True, kw_only=True):

@@ -1,4 +1,5 @@
-"""Hosted DNS APIs: Cloudflare (API v4), deSEC and DigitalOcean (API v2) (services.md §2.2).
+"""Hosted DNS APIs: Cloudflare (API v4), deSEC, DigitalOcean (API v2), Hetzner DNS and Linode (API v4)
+(services.md §2.2).
 
 Each speaks its provider's documented REST shapes over :class:`~stalwart.services.acme.http.HttpClient`
 (``DnsServer.timeout`` bounds each call). Values cross the interface in zone-file presentation form
@@ -9,6 +10,8 @@ Each speaks its provider's documented REST shapes over :class:`~stalwart.service
 | Cloudflare | ``GET /zones?name=``, ``GET/POST /zones/{id}/dns_records``, ``DELETE .../{record}``; MX ``priority``, SRV/CAA ``data`` | ``Authorization: Bearer`` |
 | deSEC | ``GET/PUT /domains/{d}/rrsets/{subname}/{type}/`` — one PUT replaces an RRset atomically, an empty list deletes it | ``Authorization: Token`` |
 | DigitalOcean | ``GET/POST /domains/{d}/records``, ``DELETE .../{id}``; relative ``name``, ``priority``/``port``/``weight``/``flags``/``tag`` | ``Authorization: Bearer`` |
+| Hetzner | ``GET /zones?name=``, ``GET /records?zone_id=``, ``POST /records``, ``DELETE /records/{id}``; relative ``name``, presentation ``value`` | ``Auth-API-Token`` |
+| Linode | ``GET /domains``, ``GET/POST /domains/{id}/records``, ``DELETE .../{id}``; ``target``, ``priority``/``weight``/``port``/``tag`` | ``Authorization: Bearer`` |
 
 Errors keep the provider's message; 429 and 5xx are temporary, other statuses permanent.
 """
@@ -22,7 +25,7 @@ from urllib.parse import quote, urlencode
 from ... import events
 from ...config.secrets import resolve
 from ..acme.http import HttpClient, HttpError
-from .config import Cloudflare, DeSEC, DigitalOcean
+from .config import Cloudflare, DeSEC, DigitalOcean, Hetzner, Linode
 from .records import DnsProviderError, DnsUpdater, check_type, fqdn, split_txt
 
 
@@ -54,7 +57,7 @@ class HostedUpdater(DnsUpdater):
 
     async def call(self, method: str, path: str, body=None, ok=(200, 201, 204)):
         data = json.dumps(body).encode() if body is not None else b""
-        headers = [("Authorization", f"{self.auth_scheme} {self.token}"), ("Accept", "application/json")]
+        headers = [*self.headers(), ("Accept", "application/json")]
         if body is not None:
             headers.append(("Content-Type", "application/json"))
         try:
@@ -72,6 +75,9 @@ class HostedUpdater(DnsUpdater):
 
     def message(self, doc, resp) -> str:
         return resp.body[:200].decode("utf-8", "replace")
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Authorization", f"{self.auth_scheme} {self.token}")]
 
     # provider hooks: records at (name, type) as (id, value) pairs; create one; delete one
     async def records(self, zone: str, name: str, rtype: str) -> list[tuple[str, str]]:
@@ -290,6 +296,124 @@ class DigitalOceanUpdater(HostedUpdater):
         await self.call("DELETE", f"/domains/{quote(fqdn(zone))}/records/{quote(record_id)}")
 
 
+class HetznerUpdater(HostedUpdater):
+    """Hetzner DNS: zones by name, records with a relative ``name`` (``@`` at the apex) and one
+    ``value`` in presentation form (TXT quoted)."""
+
+    provider = "Hetzner"
+
+    def __init__(self, server: Hetzner, path: str):
+        super().__init__(server, path)
+        self._zones: dict[str, str] = {}
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Auth-API-Token", self.token)]
+
+    def message(self, doc, resp) -> str:
+        if isinstance(doc, dict):
+            err = doc.get("error")
+            if isinstance(err, dict) and err.get("message"):
+                return f"{err.get('code', resp.status)}: {err['message']}"
+            if doc.get("message"):
+                return str(doc["message"])
+        return super().message(doc, resp)
+
+    async def zone_id(self, zone: str) -> str:
+        zone = fqdn(zone)
+        if zone not in self._zones:
+            doc, _ = await self.call("GET", "/zones?" + urlencode({"name": zone}))
+            zones = (doc or {}).get("zones") or []
+            if not zones:
+                raise DnsProviderError(f"Hetzner: no zone named {zone}")
+            self._zones[zone] = zones[0]["id"]
+        return self._zones[zone]
+
+    async def records(self, zone, name, rtype):
+        zid = await self.zone_id(zone)
+        doc, _ = await self.call("GET", "/records?" + urlencode({"zone_id": zid}))
+        rel = _relative(name, zone, "@")
+        out = []
+        for r in (doc or {}).get("records") or []:
+            if r.get("type") == rtype and r.get("name") == rel:
+                value = r["value"]
+                out.append((r["id"], "".join(shlex.split(value)) if rtype == "TXT" else value))
+        return out
+
+    async def create(self, zone, name, rtype, value):
+        if rtype == "TXT":
+            value = " ".join('"' + c.decode().replace('"', '\\"') + '"' for c in split_txt(value))
+        await self.call("POST", "/records", {"zone_id": await self.zone_id(zone), "type": rtype,
+                                              "name": _relative(name, zone, "@"), "value": value, "ttl": self.ttl})
+
+    async def delete(self, zone, record_id):
+        await self.call("DELETE", f"/records/{quote(record_id)}")
+
+
+class LinodeUpdater(HostedUpdater):
+    """Linode domains: records with a relative ``name`` ("" at the apex), ``target`` and the MX/SRV/CAA
+    fields ``priority``, ``weight``, ``port``, ``tag``."""
+
+    provider = "Linode"
+
+    def __init__(self, server: Linode, path: str):
+        super().__init__(server, path)
+        self._zones: dict[str, int] = {}
+
+    def message(self, doc, resp) -> str:
+        if isinstance(doc, dict) and doc.get("errors"):
+            return "; ".join(str(e.get("reason")) + (f" ({e['field']})" if e.get("field") else "")
+                             for e in doc["errors"])
+        return super().message(doc, resp)
+
+    async def zone_id(self, zone: str) -> int:
+        zone = fqdn(zone)
+        if zone not in self._zones:
+            doc, _ = await self.call("GET", "/domains?page_size=500")
+            match = [d for d in (doc or {}).get("data") or [] if d.get("domain") == zone]
+            if not match:
+                raise DnsProviderError(f"Linode: no domain named {zone}")
+            self._zones[zone] = match[0]["id"]
+        return self._zones[zone]
+
+    @staticmethod
+    def _value(rec: dict) -> str:
+        t = rec["type"]
+        if t == "MX":
+            return f"{rec.get('priority', 0)} {fqdn(rec['target'])}."
+        if t == "SRV":
+            return f"{rec.get('priority', 0)} {rec.get('weight', 0)} {rec.get('port', 0)} {fqdn(rec['target'])}."
+        if t == "CAA":
+            return f'0 {rec.get("tag")} "{rec["target"]}"'
+        if t == "CNAME":
+            return fqdn(rec["target"]) + "."
+        return rec["target"]
+
+    async def records(self, zone, name, rtype):
+        zid = await self.zone_id(zone)
+        doc, _ = await self.call("GET", f"/domains/{zid}/records?page_size=500")
+        rel = _relative(name, zone, "")
+        return [(str(r["id"]), self._value(r)) for r in (doc or {}).get("data") or []
+                if r.get("type") == rtype and r.get("name") == rel]
+
+    async def create(self, zone, name, rtype, value):
+        body: dict = {"type": rtype, "name": _relative(name, zone, ""), "ttl_sec": self.ttl}
+        parts = _split(rtype, value)
+        if rtype == "MX":
+            body.update(priority=int(parts[0]), target=fqdn(parts[1]))
+        elif rtype == "SRV":
+            body.update(priority=int(parts[0]), weight=int(parts[1]), port=int(parts[2]), target=fqdn(parts[3]))
+        elif rtype == "CAA":
+            body.update(tag=parts[1], target=parts[2])
+        elif rtype == "CNAME":
+            body["target"] = fqdn(value)
+        else:
+            body["target"] = value
+        await self.call("POST", f"/domains/{await self.zone_id(zone)}/records", body)
+
+    async def delete(self, zone, record_id):
+        await self.call("DELETE", f"/domains/{await self.zone_id(zone)}/records/{quote(record_id)}")
+
+
 def hosted_updater(server, path: str) -> HostedUpdater:
     if isinstance(server, Cloudflare):
         return CloudflareUpdater(server, path)
@@ -297,4 +421,8 @@ def hosted_updater(server, path: str) -> HostedUpdater:
         return DeSECUpdater(server, path)
     if isinstance(server, DigitalOcean):
         return DigitalOceanUpdater(server, path)
+    if isinstance(server, Hetzner):
+        return HetznerUpdater(server, path)
+    if isinstance(server, Linode):
+        return LinodeUpdater(server, path)
     raise DnsProviderError(f"{path}: no hosted API for {type(server).__name__}")
