@@ -1,4 +1,5 @@
 """IMAP core: literals, authentication, mailbox commands over a Maildir, search, syntax (no sockets)."""
+import os
 import re
 
 import pytest
@@ -34,10 +35,10 @@ def seed(tmp_path, n=3):
 
 
 def test_login_with_literals_any_chunking(tmp_path):
-    seed(tmp_path, 1)
     wire = b"a1 LOGIN {4}\r\njane {11+}\r\njane-secret\r\na2 SELECT INBOX\r\na3 LOGOUT\r\n"
-    for chunks in chunkings(wire):
-        out = replies(drive(imap(tmp_path), chunks))
+    for i, chunks in enumerate(chunkings(wire)):
+        seed(tmp_path / str(i), 1)
+        out = replies(drive(imap(tmp_path / str(i)), chunks))
         assert out.startswith(b"+ Ready for literal data\r\na1 OK [CAPABILITY IMAP4rev1")
         assert b"* 1 EXISTS\r\n* 1 RECENT\r\n" in out and b"a2 OK [READ-WRITE] SELECT completed.\r\n" in out
         assert out.endswith(b"a3 OK LOGOUT completed.\r\n")
@@ -92,17 +93,30 @@ def test_fetch_store_search_expunge(tmp_path):
     out = replies(drive(core, [b"f UID FETCH 2 (BODY[HEADER.FIELDS (Subject)] BODY[TEXT]<0.4>)\r\n"]))
     assert out == (b"* 2 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {20}\r\nSubject: Hello 1\r\n\r\n"
                    b" BODY[TEXT]<0> {4}\r\nline"
-                   b" UID 2 FLAGS (\\Seen))\r\nf OK UID FETCH completed.\r\n")
+                   b" UID 2 FLAGS (\\Seen \\Recent))\r\nf OK UID FETCH completed.\r\n")
     out = replies(drive(core, [b"x SEARCH SEEN\r\ny UID SEARCH NOT SEEN\r\nz SEARCH OR 1 3 UNSEEN\r\n"]))
     assert out == (b"* SEARCH 2\r\nx OK SEARCH completed.\r\n* SEARCH 1 3\r\ny OK UID SEARCH completed.\r\n"
                    b"* SEARCH 1 3\r\nz OK SEARCH completed.\r\n")
     out = replies(drive(core, [b"t STORE 1,3 +FLAGS.SILENT (\\Deleted)\r\nu STORE 2 FLAGS (\\Flagged $Junk)\r\n"]))
-    assert out == b"t OK STORE completed.\r\n* 2 FETCH (FLAGS (\\Flagged))\r\nu OK STORE completed.\r\n"
+    assert out == b"t OK STORE completed.\r\n* 2 FETCH (FLAGS (\\Flagged \\Recent))\r\nu OK STORE completed.\r\n"
     out = replies(drive(core, [b"e EXPUNGE\r\nf UID FETCH 1:* (FLAGS)\r\n"]))
-    assert out == (b"* 3 EXPUNGE\r\n* 1 EXPUNGE\r\ne OK EXPUNGE completed.\r\n* 1 FETCH (FLAGS (\\Flagged) UID 2)\r\n"
+    assert out == (b"* 3 EXPUNGE\r\n* 1 EXPUNGE\r\ne OK EXPUNGE completed.\r\n"
+                   b"* 1 FETCH (FLAGS (\\Flagged \\Recent) UID 2)\r\n"
                    b"f OK UID FETCH completed.\r\n")
     out = replies(drive(core, [b"c CLOSE\r\nd FETCH 1 FLAGS\r\n"]))
     assert out == b"c OK CLOSE completed.\r\nd NO No mailbox selected.\r\n"
+
+
+def test_recent_belongs_to_the_first_session_only(tmp_path):
+    seed(tmp_path, 2)
+    first, second = imap(tmp_path), imap(tmp_path)
+    login(first)
+    login(second)
+    assert b"* 2 RECENT\r\n" in replies(drive(first, [b"s SELECT INBOX\r\n"]))
+    out = replies(drive(second, [b"s SELECT INBOX\r\nr SEARCH RECENT\r\n"]))
+    assert b"* 0 RECENT\r\n" in out and out.endswith(b"* SEARCH\r\nr OK SEARCH completed.\r\n")
+    assert replies(drive(first, [b"r SEARCH NEW\r\n"])) == b"* SEARCH 1 2\r\nr OK SEARCH completed.\r\n"
+    assert not os.listdir(tmp_path / "mail" / "jane" / "new")  # claimed into cur/
 
 
 def test_noop_reports_new_and_expunged_messages(tmp_path):

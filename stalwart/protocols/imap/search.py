@@ -35,6 +35,7 @@ class Search:
 
     def __init__(self, tokens: list):
         self.needs_content = False
+        self.recent: frozenset[int] = frozenset()  # the session's \\Recent UIDs, set before matching
         if not tokens:
             raise ImapSyntaxError("SEARCH needs at least one key")
         self._keys = self._all(tokens, 0)
@@ -116,11 +117,11 @@ def _key(tokens: list, pos: int, depth: int, search: Search) -> tuple[Predicate,
         flag, want = _FLAG_KEYS[up]
         return (lambda s, m, ls, lu, d: (flag in m.flags) == want), pos + 1
     if up == "RECENT":
-        return (lambda s, m, ls, lu, d: m.subdir == "new"), pos + 1
+        return (lambda s, m, ls, lu, d: m.uid in search.recent), pos + 1
     if up == "OLD":
-        return (lambda s, m, ls, lu, d: m.subdir != "new"), pos + 1
+        return (lambda s, m, ls, lu, d: m.uid not in search.recent), pos + 1
     if up == "NEW":
-        return (lambda s, m, ls, lu, d: m.subdir == "new" and "\\Seen" not in m.flags), pos + 1
+        return (lambda s, m, ls, lu, d: m.uid in search.recent and "\\Seen" not in m.flags), pos + 1
     if up == "NOT":
         if pos + 1 >= len(tokens):
             raise ImapSyntaxError("NOT needs a key")

@@ -70,8 +70,23 @@ def _expunge_job(maildir: Maildir, msgs: list[Message]) -> int:
     return maildir.remove(msgs)
 
 
-def _flags(msg: Message) -> bytes:
-    flags = sorted(msg.flags) + (["\\Recent"] if msg.subdir == "new" else [])
+def _claim_job(maildir: Maildir, readonly: bool) -> tuple[int, int, list[Message], set[int]]:
+    """Snapshot the mailbox; a read-write session moves what is in ``new/`` to ``cur/`` (Maildir's
+    "seen by a client") and reports those UIDs as \\Recent to itself only (RFC 3501 §2.3.2)."""
+    validity, uidnext, msgs = maildir.snapshot()
+    recent = {m.uid for m in msgs if m.subdir == "new"}
+    if not readonly:
+        for i, m in enumerate(msgs):
+            if m.subdir == "new":
+                try:
+                    msgs[i] = maildir.set_flags(m, m.flags)
+                except (OSError, MailstoreError):
+                    continue  # claimed or expunged by another session: left as it is
+    return validity, uidnext, msgs, recent
+
+
+def _flags(msg: Message, recent: bool) -> bytes:
+    flags = sorted(msg.flags) + (["\\Recent"] if recent else [])
     return ("(" + " ".join(flags) + ")").encode()
 
 
@@ -102,6 +117,7 @@ class ImapSession(LineSession):
         self.msgs: list[Message] = []
         self.validity = 0
         self.uidnext = 1
+        self.recent: set[int] = set()  # UIDs this session is the first to see (RFC 3501 §2.3.2)
 
     # -- session interface ---------------------------------------------------------------------
     @property
@@ -362,7 +378,7 @@ class ImapSession(LineSession):
         if self._mailbox(toks[0]) is None:
             self._send(f"{tag} NO [NONEXISTENT] Only INBOX exists.\r\n".encode())
             return
-        self._block(self.maildir.snapshot, (), lambda res, err: self._selected(tag, readonly, res, err))
+        self._block(_claim_job, (self.maildir, readonly), lambda res, err: self._selected(tag, readonly, res, err))
 
     def _cmd_examine(self, tag: str, toks: list) -> None:
         self._cmd_select(tag, toks, readonly=True)
@@ -371,12 +387,12 @@ class ImapSession(LineSession):
         if error is not None:
             self._send(f"{tag} NO [SERVERBUG] Cannot open the mailbox.\r\n".encode())
             return
-        self.validity, self.uidnext, self.msgs = res
+        self.validity, self.uidnext, self.msgs, self.recent = res
         self.readonly = readonly
         self.state = _SELECTED
         flags = " ".join(SYSTEM_FLAGS)
         out = [f"* FLAGS ({flags})", f"* OK [PERMANENTFLAGS ({flags})] Limited", f"* {len(self.msgs)} EXISTS",
-               f"* {sum(m.subdir == 'new' for m in self.msgs)} RECENT"]
+               f"* {len(self.recent)} RECENT"]
         unseen = next((i for i, m in enumerate(self.msgs, 1) if "\\Seen" not in m.flags), None)
         if unseen:
             out.append(f"* OK [UNSEEN {unseen}] First unseen.")
@@ -473,12 +489,12 @@ class ImapSession(LineSession):
             flags_changed = self.msgs[seq - 1].flags != msg.flags
             self.msgs[seq - 1] = msg
             try:
-                parts = [self._render(item, msg, data) for item in items]
+                parts = [self._render(item, msg, data, msg.uid in self.recent) for item in items]
             except Exception:  # noqa: BLE001 - the email parser on arbitrary stored bytes; never crash the session
                 self._send(b"".join(out) + f"{tag} NO [SERVERBUG] Message {seq} cannot be parsed.\r\n".encode())
                 return False
             if flags_changed and not any(i.name == "FLAGS" for i in items):
-                parts.append(b"FLAGS " + _flags(msg))
+                parts.append(b"FLAGS " + _flags(msg, msg.uid in self.recent))
             out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
         if last:
             out.append(f"{tag} OK {'UID ' if uid else ''}FETCH completed.\r\n".encode())
@@ -486,10 +502,10 @@ class ImapSession(LineSession):
         return True
 
     @staticmethod
-    def _render(item: fetchmod.Item, msg: Message, data: bytes | None) -> bytes:
+    def _render(item: fetchmod.Item, msg: Message, data: bytes | None, recent: bool) -> bytes:
         name = item.name
         if name == "FLAGS":
-            return b"FLAGS " + _flags(msg)
+            return b"FLAGS " + _flags(msg, recent)
         if name == "UID":
             return b"UID %d" % msg.uid
         if name == "RFC822.SIZE":
@@ -556,7 +572,7 @@ class ImapSession(LineSession):
                 self.msgs[seq - 1] = msg
                 if not silent:
                     extra = b" UID %d" % msg.uid if uid else b""
-                    out.append(b"* %d FETCH (FLAGS " % seq + _flags(msg) + extra + b")\r\n")
+                    out.append(b"* %d FETCH (FLAGS " % seq + _flags(msg, msg.uid in self.recent) + extra + b")\r\n")
             self._ok(tag, f"{'UID ' if uid else ''}STORE completed.", b"".join(out))
 
         self._block(_store_job, (self.maildir, changes), done)
@@ -569,6 +585,7 @@ class ImapSession(LineSession):
                 return
             toks = toks[2:]
         search = parse_search(toks)
+        search.recent = frozenset(self.recent)
         msgs = list(self.msgs)
 
         def done(hits, error):
@@ -622,6 +639,7 @@ class ImapSession(LineSession):
     def _deselect(self) -> None:
         self.state = _AUTH
         self.msgs = []
+        self.recent = set()
 
     def _cmd_check(self, tag: str, toks: list) -> None:
         self._refresh(lambda untagged: self._ok(tag, "CHECK completed.", untagged))
@@ -647,7 +665,8 @@ class ImapSession(LineSession):
             if error is not None:
                 then(b"")
                 return
-            _validity, self.uidnext, fresh = res
+            _validity, self.uidnext, fresh, arrived = res
+            self.recent |= arrived
             by_uid = {m.uid: m for m in fresh}
             out = []
             for seq in range(len(self.msgs), 0, -1):
@@ -657,17 +676,17 @@ class ImapSession(LineSession):
             for seq, old in enumerate(self.msgs, 1):
                 new = by_uid[old.uid]
                 if new.flags != old.flags:
-                    out.append(b"* %d FETCH (FLAGS " % seq + _flags(new) + b")\r\n")
+                    out.append(b"* %d FETCH (FLAGS " % seq + _flags(new, new.uid in self.recent) + b")\r\n")
                 self.msgs[seq - 1] = new
             known = self.msgs[-1].uid if self.msgs else 0
             added = [m for m in fresh if m.uid > known]
             if added:
                 self.msgs.extend(added)
-                recent = sum(m.subdir == "new" for m in self.msgs)
+                recent = sum(m.uid in self.recent for m in self.msgs)
                 out.append(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(self.msgs), recent))
             then(b"".join(out))
 
-        self._block(self.maildir.snapshot, (), done)
+        self._block(_claim_job, (self.maildir, self.readonly), done)
 
     # Commands and the state they need (-1: only before authentication).
     _HANDLERS = {
