@@ -283,12 +283,19 @@ def test_rate_limit_and_server_errors_are_temporary(api, status):
     assert info.value.temporary and str(status) in str(info.value)
 
 
-def test_validation_error_reply_is_reported(api):
-    if api.kind != "desec":
-        pytest.skip("deSEC's minimum TTL is the documented validation error exercised here")
-    u = updater(api, ttl=300000)
-    with pytest.raises(DnsProviderError, match="greater than or equal to 3600"):
-        run(u.set_rrset(ZONE, f"x.{ZONE}", "TXT", ["v"]))
+def test_validation_error_reply_is_reported():
+    """deSEC's documented validation error (minimum TTL 3600 s) reaches the operator verbatim."""
+    srv = FakeApi("desec")
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        u = updater(srv, ttl=300000)
+        with pytest.raises(DnsProviderError, match="greater than or equal to 3600") as info:
+            run(u.set_rrset(ZONE, f"x.{ZONE}", "TXT", ["v"]))
+        assert not info.value.temporary
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_unreachable_api_is_temporary():
