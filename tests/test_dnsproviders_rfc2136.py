@@ -112,3 +112,19 @@ def test_dns_persist_record_is_ensured_and_visible(knot):
         "letsencrypt.org; accounturi=https://ca.test/acct/7; policy=wildcard"]
     run(solver.cleanup("example.test", "tok2", "tok2.thumb"))  # persistent: cleanup removes nothing
     assert len(knot.txt("_validation-persist.example.test")) == 1
+
+
+def test_authoritative_lookup_follows_the_zones_ns_records(knot):
+    """Hosted providers check propagation on the zone's own nameservers: NS names are resolved, then
+    each is asked directly without recursion (services.md §2 "We do better")."""
+    from stalwart.services.dnsproviders.propagation import query_authoritative_txt
+
+    u = updater(knot.server())
+    run(u.set_rrset("example.test", "_acme-challenge.example.test", "TXT", ["abc"]))
+    got = run(query_authoritative_txt("example.test", "_acme-challenge.example.test", resolver_ip="127.0.0.1",
+                                      port=knot.port))
+    assert got == ["abc"]
+    assert run(query_authoritative_txt("example.test", "none.example.test", resolver_ip="127.0.0.1",
+                                       port=knot.port)) == []
+    assert run(query_authoritative_txt("nonexistent.test", "x.nonexistent.test", resolver_ip="127.0.0.1",
+                                       port=knot.port)) is None

@@ -24,8 +24,11 @@ from .records import DnsProviderError, DnsUpdater, fqdn
 QUERY_TIMEOUT = 5.0  # s per nameserver
 
 
-async def _nameserver_addresses(zone: str) -> list[str]:
-    resolver = dns.asyncresolver.Resolver()
+async def _nameserver_addresses(zone: str, resolver_ip: str | None, port: int) -> list[str]:
+    resolver = dns.asyncresolver.Resolver(configure=resolver_ip is None)
+    if resolver_ip is not None:
+        resolver.nameservers = [resolver_ip]
+        resolver.port = port
     resolver.lifetime = QUERY_TIMEOUT
     answer = await resolver.resolve(fqdn(zone) + ".", "NS")
     addresses: list[str] = []
@@ -38,10 +41,13 @@ async def _nameserver_addresses(zone: str) -> list[str]:
     return addresses
 
 
-async def query_authoritative_txt(zone: str, name: str) -> list[str] | None:
-    """TXT values at ``name`` from the first authoritative server that answers (None: none did)."""
+async def query_authoritative_txt(zone: str, name: str, *, resolver_ip: str | None = None,
+                                  port: int = 53) -> list[str] | None:
+    """TXT values at ``name`` from the first authoritative server that answers (None: none did).
+    ``resolver_ip`` replaces the system resolver for the NS lookup; ``port`` is the DNS port of
+    both (tests run everything on one loopback port)."""
     try:
-        servers = await _nameserver_addresses(zone)
+        servers = await _nameserver_addresses(zone, resolver_ip, port)
     except dns.exception.DNSException:
         return None
     owner = dns.name.from_text(fqdn(name) + ".")
@@ -49,7 +55,7 @@ async def query_authoritative_txt(zone: str, name: str) -> list[str] | None:
         q = dns.message.make_query(owner, "TXT")
         q.flags &= ~dns.flags.RD
         try:
-            resp = await dns.asyncquery.udp(q, server, timeout=QUERY_TIMEOUT)
+            resp = await dns.asyncquery.udp(q, server, timeout=QUERY_TIMEOUT, port=port)
         except (OSError, dns.exception.DNSException):
             continue
         return [b"".join(rd.strings).decode("utf-8", "replace") for rrset in resp.answer
