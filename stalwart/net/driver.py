@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .. import events
 from .._fast import load as load_kernel
 from .._fast import clienthello_errors, proxy_errors
-from ..protocols.base import NEED_DATA, Blocking, Delay, Send, SessionContext, StartTls
+from ..protocols.base import NEED_DATA, Blocking, Delay, Send, SessionContext, StartTls, Timer
 
 if TYPE_CHECKING:
     from ..protocols import SessionCore
@@ -440,6 +440,8 @@ class Connection(asyncio.Protocol):
                 self.transport.pause_reading()
                 self.worker.loop.call_later(ev.seconds, self._delay_finished)
                 return
+            elif isinstance(ev, Timer):
+                self.worker.loop.call_later(ev.seconds, self._timer_fired)
         if core.closed:
             self.close()
         elif self.shutting_down and core.interruptible:
@@ -473,6 +475,14 @@ class Connection(asyncio.Protocol):
         self.core.now = self.last_active
         self.core.blocking_done(None, None)
         self.transport.resume_reading()
+        self._pump()
+
+    def _timer_fired(self) -> None:
+        # Not activity from the peer, so last_active is left alone.
+        if self._closing or self.core is None:
+            return
+        self.core.now = self.worker.loop.time()
+        self.core.timer_fired()
         self._pump()
 
     # -- closing ------------------------------------------------------------------------------

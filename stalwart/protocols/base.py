@@ -11,6 +11,8 @@ bytes with :meth:`SessionCore.receive_data` and acts on what :meth:`SessionCore.
   reading from the peer paused meanwhile, then hand the outcome to :meth:`SessionCore.blocking_done`;
 * :class:`Delay` — wait that many seconds (reading paused), then call ``blocking_done(None, None)``:
   the pause before an authentication failure reply (security.md §4) without a clock in the core;
+* :class:`Timer` — call :meth:`SessionCore.timer_fired` after that many seconds; reading goes on
+  meanwhile (IMAP IDLE looks for new mail this way);
 * ``NEED_DATA`` — nothing more until more bytes arrive.
 
 The driver sets :attr:`SessionCore.now` (its monotonic clock, seconds) before each
@@ -70,7 +72,14 @@ class Delay:
     seconds: float
 
 
-Event = Send | StartTls | Blocking | Delay | _NeedData
+@dataclass(slots=True)
+class Timer:
+    """Call ``core.timer_fired()`` after ``seconds``; unlike :class:`Delay`, reading continues."""
+
+    seconds: float
+
+
+Event = Send | StartTls | Blocking | Delay | Timer | _NeedData
 
 
 @dataclass(slots=True)
@@ -131,6 +140,9 @@ class SessionCore(ABC):
     def blocking_done(self, result: Any, error: BaseException | None) -> None:
         """The outcome of the last :class:`Blocking` job: its return value, or the exception it raised."""
         raise LocalProtocolError(f"{type(self).__name__} did not ask for blocking work")
+
+    def timer_fired(self) -> None:
+        """A :class:`Timer` this core asked for has expired (:attr:`now` is current)."""
 
     @property
     def interruptible(self) -> bool:
