@@ -280,3 +280,36 @@ def test_fetch_reads_in_batches(tmp_path, monkeypatch):
     text = replies(out)
     assert jobs >= 3 and text.count(b" FETCH (BODY[] {") == 5
     assert text.endswith(b"f OK FETCH completed.\r\nn OK NOOP completed.\r\n")
+
+
+def test_idle_pushes_new_mail_on_timer(tmp_path):
+    from stalwart.protocols.base import Timer
+
+    md = seed(tmp_path, 1)
+    core = imap(tmp_path)
+    login(core)
+    drive(core, [b"s SELECT INBOX\r\n"])
+    core.now = 100.0
+    core.receive_data(b"i IDLE\r\n")
+    assert replies([core.next_event()]) == b"+ idling\r\n"
+    assert isinstance(core.next_event(), Timer) and core.next_event() is NEED_DATA
+    md.deliver(MSG)
+    core.now = 105.0
+    core.timer_fired()
+    out = []
+    from mailcore import pump
+    pump(core, out)
+    assert replies(out) == b"* 2 EXISTS\r\n* 2 RECENT\r\n"
+    core.timer_fired()  # nothing new: nothing said
+    out = []
+    pump(core, out)
+    assert replies(out) == b""
+    assert replies(drive(core, [b"DONE\r\n"])) == b"i OK IDLE terminated.\r\n"
+    core.timer_fired()  # a timer that outlived the IDLE does nothing
+    assert core.next_event() is NEED_DATA
+    core.receive_data(b"j IDLE\r\n")
+    core.now = 105.0 + 1801
+    core.timer_fired()
+    out = []
+    pump(core, out)
+    assert replies(out).endswith(b"* BYE IDLE for too long.\r\n") and core.closed

@@ -107,3 +107,22 @@ def test_imap_bad_login(imap_server):
     with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
         m.login("jane", "nope")
     m.logout()
+
+
+def test_imap_idle_pushes_new_mail(imap_server):
+    srv, ports = imap_server
+    m = imaplib.IMAP4_SSL("127.0.0.1", ports["imaps"], timeout=15, ssl_context=client_ctx())
+    m.login("jane", "jane-secret")
+    typ, data = m.select("INBOX")
+    before = int(data[0])
+    tag = m._new_tag().decode()
+    m.send(f"{tag} IDLE\r\n".encode())
+    assert m.readline().startswith(b"+")
+    with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as s:
+        s.sendmail("a@remote.test", ["jane@example.org"], b"Subject: pushed\r\n\r\nnew\r\n")
+    assert m.readline() == f"* {before + 1} EXISTS\r\n".encode()  # within one poll interval, no DONE needed
+    m.send(b"DONE\r\n")
+    while not (line := m.readline()).startswith(tag.encode()):
+        pass
+    assert b"OK" in line
+    m.logout()

@@ -5,7 +5,8 @@ ID (RFC 2971), ENABLE (nothing to enable), LIST/LSUB, SELECT/EXAMINE, STATUS, FE
 (each also as UID …), EXPUNGE, CLOSE, UNSELECT (RFC 3691), CHECK, IDLE (RFC 2177). Literals,
 synchronising and LITERAL+ (RFC 7888), are read by a raw reader. Only INBOX exists; commands that
 would create or change other mailboxes answer ``NO`` with a reason. Everything that touches the disk
-(authentication, listing, reading, flag renames, expunge) runs as a :class:`~..base.Blocking` job.
+(authentication, listing, reading, flag renames, expunge) runs as a :class:`~..base.Blocking` job;
+IDLE re-reads the mailbox on a driver :class:`~..base.Timer` and pushes what changed.
 """
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ import fnmatch
 from typing import TYPE_CHECKING
 
 from ...accounts import AccountEntry, sasl
-from ...mailstore import MailstoreError
 from .. import mailcommon
-from ..base import SessionContext
+from ..base import SessionContext, Timer
 from ..lines import LineSession
 from ..mailcommon import MailServices
 from . import fetch as fetchmod
+from .jobs import claim_job, expunge_job, fetch_job, render_flags, search_job, store_job
 from .search import parse_search
 from .syntax import LITERAL_RE, TAG_RE, ImapSyntaxError, SequenceSet, astring, tokenize
 
@@ -30,64 +31,10 @@ _FLAG_CASE = {f.lower(): f for f in SYSTEM_FLAGS}
 MAX_LITERAL = 65536  # no APPEND here: literals carry only names and credentials
 MAX_COMMAND = 262144
 MAX_ERRORS = 10
+IDLE_POLL_SECONDS = 5.0  # how soon an idling client hears of new mail
 FETCH_BATCH_BYTES = 8 << 20  # message bytes read per FETCH job (one larger message is read alone)
 _STORE_ACTIONS = frozenset(p + "FLAGS" + s for p in ("", "+", "-") for s in ("", ".SILENT"))
 _NOT_AUTH, _AUTH, _SELECTED = range(3)
-
-
-def _fetch_job(maildir: Maildir, msgs: list[Message], content: bool, seen: bool) -> list:
-    out = []
-    for m in msgs:
-        data = maildir.read(m) if content else None
-        if seen and "\\Seen" not in m.flags:
-            m = maildir.set_flags(m, m.flags | {"\\Seen"})
-        out.append((m, data))
-    return out
-
-
-def _search_job(maildir: Maildir | None, msgs: list[Message], search) -> list[tuple[int, Message]]:
-    """(sequence number, message) of every match; reads one message at a time when a key needs
-    the contents (``maildir`` is None when none does)."""
-    largest_seq, largest_uid = len(msgs), (msgs[-1].uid if msgs else 0)
-    hits = []
-    for i, m in enumerate(msgs, 1):
-        data = None
-        if maildir is not None:
-            try:
-                data = maildir.read(m)
-            except MailstoreError:
-                continue  # expunged by another session meanwhile: it matches nothing
-        if search.matches(i, m, largest_seq, largest_uid, data):
-            hits.append((i, m))
-    return hits
-
-
-def _store_job(maildir: Maildir, changes: list) -> list:
-    return [maildir.set_flags(m, flags) for m, flags in changes]
-
-
-def _expunge_job(maildir: Maildir, msgs: list[Message]) -> int:
-    return maildir.remove(msgs)
-
-
-def _claim_job(maildir: Maildir, readonly: bool) -> tuple[int, int, list[Message], set[int]]:
-    """Snapshot the mailbox; a read-write session moves what is in ``new/`` to ``cur/`` (Maildir's
-    "seen by a client") and reports those UIDs as \\Recent to itself only (RFC 3501 §2.3.2)."""
-    validity, uidnext, msgs = maildir.snapshot()
-    recent = {m.uid for m in msgs if m.subdir == "new"}
-    if not readonly:
-        for i, m in enumerate(msgs):
-            if m.subdir == "new":
-                try:
-                    msgs[i] = maildir.set_flags(m, m.flags)
-                except (OSError, MailstoreError):
-                    continue  # claimed or expunged by another session: left as it is
-    return validity, uidnext, msgs, recent
-
-
-def _flags(msg: Message, recent: bool) -> bytes:
-    flags = sorted(msg.flags) + (["\\Recent"] if recent else [])
-    return ("(" + " ".join(flags) + ")").encode()
 
 
 class ImapSession(LineSession):
@@ -118,6 +65,8 @@ class ImapSession(LineSession):
         self.validity = 0
         self.uidnext = 1
         self.recent: set[int] = set()  # UIDs this session is the first to see (RFC 3501 §2.3.2)
+        self._idle_since = 0.0
+        self._timer_armed = False
 
     # -- session interface ---------------------------------------------------------------------
     @property
@@ -378,7 +327,7 @@ class ImapSession(LineSession):
         if self._mailbox(toks[0]) is None:
             self._send(f"{tag} NO [NONEXISTENT] Only INBOX exists.\r\n".encode())
             return
-        self._block(_claim_job, (self.maildir, readonly), lambda res, err: self._selected(tag, readonly, res, err))
+        self._block(claim_job, (self.maildir, readonly), lambda res, err: self._selected(tag, readonly, res, err))
 
     def _cmd_examine(self, tag: str, toks: list) -> None:
         self._cmd_select(tag, toks, readonly=True)
@@ -477,7 +426,7 @@ class ImapSession(LineSession):
             if self._fetched(tag, uid, items, [i for i, _ in batch], res, err, not rest) and rest:
                 self._fetch_batch(tag, uid, items, rest, content, seen)
 
-        self._block(_fetch_job, (self.maildir, [m for _, m in batch], content, seen), done)
+        self._block(fetch_job, (self.maildir, [m for _, m in batch], content, seen), done)
 
     def _fetched(self, tag: str, uid: bool, items: list, seqs: list[int], res, error, last: bool) -> bool:
         """Send the FETCH responses of one batch (and the tagged OK after the last); False on failure."""
@@ -494,7 +443,7 @@ class ImapSession(LineSession):
                 self._send(b"".join(out) + f"{tag} NO [SERVERBUG] Message {seq} cannot be parsed.\r\n".encode())
                 return False
             if flags_changed and not any(i.name == "FLAGS" for i in items):
-                parts.append(b"FLAGS " + _flags(msg, msg.uid in self.recent))
+                parts.append(b"FLAGS " + render_flags(msg, msg.uid in self.recent))
             out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
         if last:
             out.append(f"{tag} OK {'UID ' if uid else ''}FETCH completed.\r\n".encode())
@@ -505,7 +454,7 @@ class ImapSession(LineSession):
     def _render(item: fetchmod.Item, msg: Message, data: bytes | None, recent: bool) -> bytes:
         name = item.name
         if name == "FLAGS":
-            return b"FLAGS " + _flags(msg, recent)
+            return b"FLAGS " + render_flags(msg, recent)
         if name == "UID":
             return b"UID %d" % msg.uid
         if name == "RFC822.SIZE":
@@ -572,10 +521,11 @@ class ImapSession(LineSession):
                 self.msgs[seq - 1] = msg
                 if not silent:
                     extra = b" UID %d" % msg.uid if uid else b""
-                    out.append(b"* %d FETCH (FLAGS " % seq + _flags(msg, msg.uid in self.recent) + extra + b")\r\n")
+                    flags = render_flags(msg, msg.uid in self.recent)
+                    out.append(b"* %d FETCH (FLAGS " % seq + flags + extra + b")\r\n")
             self._ok(tag, f"{'UID ' if uid else ''}STORE completed.", b"".join(out))
 
-        self._block(_store_job, (self.maildir, changes), done)
+        self._block(store_job, (self.maildir, changes), done)
 
     def _cmd_search(self, tag: str, toks: list, uid: bool = False) -> None:
         if len(toks) >= 2 and isinstance(toks[0], str) and toks[0].upper() == "CHARSET":
@@ -596,9 +546,9 @@ class ImapSession(LineSession):
             self._ok(tag, f"{'UID ' if uid else ''}SEARCH completed.", line)
 
         if search.needs_content and msgs:
-            self._block(_search_job, (self.maildir, msgs, search), done)
+            self._block(search_job, (self.maildir, msgs, search), done)
         else:
-            done(_search_job(None, msgs, search), None)
+            done(search_job(None, msgs, search), None)
 
     def _cmd_expunge(self, tag: str, toks: list, close: bool = False) -> None:
         if self.readonly:
@@ -627,7 +577,7 @@ class ImapSession(LineSession):
         if not doomed:
             done(0, None)
             return
-        self._block(_expunge_job, (self.maildir, [m for _, m in doomed]), done)
+        self._block(expunge_job, (self.maildir, [m for _, m in doomed]), done)
 
     def _cmd_close(self, tag: str, toks: list) -> None:
         self._cmd_expunge(tag, toks, close=True)
@@ -645,9 +595,37 @@ class ImapSession(LineSession):
         self._refresh(lambda untagged: self._ok(tag, "CHECK completed.", untagged))
 
     def _cmd_idle(self, tag: str, toks: list) -> None:
-        # RFC 2177: updates are reported when the client ends IDLE (this core has no clock to poll).
+        # RFC 2177: while idling, the mailbox is re-read every IDLE_POLL_SECONDS (a driver Timer;
+        # the core owns no clock) and changes are pushed as untagged responses.
         self._idle_tag = tag
+        self._idle_since = self.now
         self._send(b"+ idling\r\n")
+        if self.state == _SELECTED and not self._timer_armed:
+            self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        self._timer_armed = True
+        self._events.append(Timer(IDLE_POLL_SECONDS))
+
+    def timer_fired(self) -> None:
+        self._timer_armed = False
+        if self._idle_tag is None or self.state != _SELECTED or self.closed:
+            return  # IDLE ended before the timer: nothing to look at
+        if self._waiting is not None or self._reader is not None:
+            self._arm_idle_timer()  # busy (a refresh is running): look again later
+            return
+        if self.now - self._idle_since > self.services.timeout_authenticated_ms / 1000.0:
+            # Polling keeps the connection busy, so the idle timeout is enforced here (RFC 2177 §3).
+            self._send(b"* BYE IDLE for too long.\r\n", close=True)
+            return
+
+        def pushed(untagged: bytes) -> None:
+            if untagged:
+                self._send(untagged)
+            if self._idle_tag is not None and not self._timer_armed:
+                self._arm_idle_timer()
+
+        self._refresh(pushed)
 
     def _idle_line(self, line: bytes) -> None:
         tag, self._idle_tag = self._idle_tag, None
@@ -676,7 +654,7 @@ class ImapSession(LineSession):
             for seq, old in enumerate(self.msgs, 1):
                 new = by_uid[old.uid]
                 if new.flags != old.flags:
-                    out.append(b"* %d FETCH (FLAGS " % seq + _flags(new, new.uid in self.recent) + b")\r\n")
+                    out.append(b"* %d FETCH (FLAGS " % seq + render_flags(new, new.uid in self.recent) + b")\r\n")
                 self.msgs[seq - 1] = new
             known = self.msgs[-1].uid if self.msgs else 0
             added = [m for m in fresh if m.uid > known]
@@ -686,7 +664,7 @@ class ImapSession(LineSession):
                 out.append(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(self.msgs), recent))
             then(b"".join(out))
 
-        self._block(_claim_job, (self.maildir, self.readonly), done)
+        self._block(claim_job, (self.maildir, self.readonly), done)
 
     # Commands and the state they need (-1: only before authentication).
     _HANDLERS = {
