@@ -1,5 +1,5 @@
 """Hosted DNS APIs against local servers speaking their documented request and response shapes
-(Cloudflare API v4, deSEC, DigitalOcean API v2, Hetzner DNS, Linode API v4), including their error replies (services.md §2.2)."""
+(Cloudflare API v4, deSEC, DigitalOcean API v2, Hetzner DNS, Linode API v4, Vultr API v2, Porkbun API v3), including their error replies (services.md §2.2)."""
 from __future__ import annotations
 
 import asyncio
@@ -65,8 +65,12 @@ class Handler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.requests.append((method, self.path, body))
             scheme = "Token" if srv.kind == "desec" else "Bearer"
-            authorized = (self.headers.get("Auth-API-Token") == TOKEN if srv.kind == "hetzner"
-                          else self.headers.get("Authorization") == f"{scheme} {TOKEN}")
+            if srv.kind == "hetzner":
+                authorized = self.headers.get("Auth-API-Token") == TOKEN
+            elif srv.kind == "porkbun":
+                authorized = isinstance(body, dict) and body.get("apikey") == "pk1" and body.get("secretapikey") == TOKEN
+            else:
+                authorized = self.headers.get("Authorization") == f"{scheme} {TOKEN}"
             if not authorized:
                 return self.reply(*AUTH_ERRORS[srv.kind])
             if srv.fail_next is not None:
@@ -206,6 +210,51 @@ class Handler(BaseHTTPRequestHandler):
         return self.reply(405, {"errors": [{"reason": "Method Not Allowed"}]})
 
 
+    # https://www.vultr.com/api/#tag/dns
+    def vultr(self, method, path, query, body):
+        srv = self.server
+        prefix = f"/domains/{ZONE}/records"
+        if not path.startswith(prefix):
+            return self.reply(404, {"error": "Not found", "status": 404})
+        if method == "GET":
+            return self.reply(200, {"records": srv.records, "meta": {"total": len(srv.records), "links": {}}})
+        if method == "POST":
+            if body["type"] == "TXT" and not body["data"].startswith('"'):
+                return self.reply(400, {"error": "TXT data must be quoted", "status": 400})
+            rec = {"id": f"v{next(srv.ids)}", "priority": 0, **body}
+            srv.records.append(rec)
+            return self.reply(201, {"record": rec})
+        if method == "DELETE":
+            rid = path.rsplit("/", 1)[1]
+            srv.records[:] = [r for r in srv.records if r["id"] != rid]
+            return self.reply(204)
+        return self.reply(405, {"error": "Method not allowed", "status": 405})
+
+    # https://porkbun.com/api/json/v3/documentation
+    def porkbun(self, method, path, query, body):
+        srv = self.server
+        if method != "POST":
+            return self.reply(405, {"status": "ERROR", "message": "POST only"})
+        parts = path.strip("/").split("/")
+        if parts[:2] == ["dns", "retrieveByNameType"]:
+            _dns, _op, _domain, rtype, *sub = parts
+            fq = f"{sub[0]}.{ZONE}" if sub else ZONE
+            recs = [r for r in srv.records if r["type"] == rtype and r["name"] == fq]
+            return self.reply(200, {"status": "SUCCESS", "records": recs})
+        if parts[:2] == ["dns", "create"]:
+            if int(body["ttl"]) < 600:
+                return self.reply(400, {"status": "ERROR", "message": "TTL must be at least 600"})
+            rid = str(next(srv.ids))
+            name = f"{body['name']}.{ZONE}" if body["name"] else ZONE
+            srv.records.append({"id": rid, "name": name, "type": body["type"], "content": body["content"],
+                                "ttl": body["ttl"], "prio": body.get("prio", "0"), "notes": ""})
+            return self.reply(200, {"status": "SUCCESS", "id": int(rid)})
+        if parts[:2] == ["dns", "delete"]:
+            srv.records[:] = [r for r in srv.records if r["id"] != parts[3]]
+            return self.reply(200, {"status": "SUCCESS"})
+        return self.reply(400, {"status": "ERROR", "message": "Invalid endpoint."})
+
+
 AUTH_ERRORS = {
     "cloudflare": (403, {"success": False, "errors": [{"code": 10000, "message": "Authentication error"}],
                          "messages": [], "result": None}),
@@ -213,9 +262,11 @@ AUTH_ERRORS = {
     "digitalocean": (401, {"id": "unauthorized", "message": "Unable to authenticate you"}),
     "hetzner": (401, {"message": "Invalid authentication credentials"}),
     "linode": (401, {"errors": [{"reason": "Invalid Token"}]}),
+    "vultr": (401, {"error": "Invalid API token.", "status": 401}),
+    "porkbun": (403, {"status": "ERROR", "message": "Invalid API key. (002)"}),
 }
 TYPES = {"cloudflare": "Cloudflare", "desec": "DeSEC", "digitalocean": "DigitalOcean", "hetzner": "Hetzner",
-         "linode": "Linode"}
+         "linode": "Linode", "vultr": "Vultr", "porkbun": "Porkbun"}
 
 
 @pytest.fixture(params=list(TYPES))
@@ -231,6 +282,9 @@ def api(request):
 def updater(api: FakeApi, token: str = TOKEN, ttl: int = 3600000):
     obj = {"@type": TYPES[api.kind], "id": "p", "secret": {"@type": "Value", "secret": token}, "baseUrl": api.url,
            "ttl": ttl, "timeout": 5000}
+    if api.kind == "porkbun":
+        obj["apiKey"] = "pk1"
+        obj["secretApiKey"] = obj.pop("secret")
     return build_updater(parse_bytes(json.dumps({"DnsServer": [obj]}).encode()).DnsServer[0])
 
 
@@ -269,7 +323,8 @@ def test_bad_token_is_a_permanent_error_with_the_providers_message(api):
         run(u.set_rrset(ZONE, f"x.{ZONE}", "TXT", ["v"]))
     assert not info.value.temporary
     assert {"cloudflare": "Authentication error", "desec": "Invalid token", "digitalocean": "Unable to authenticate",
-            "hetzner": "Invalid authentication credentials", "linode": "Invalid Token"}[api.kind] in str(info.value)
+            "hetzner": "Invalid authentication credentials", "linode": "Invalid Token",
+            "vultr": "Invalid API token", "porkbun": "Invalid API key"}[api.kind] in str(info.value)
 
 
 @pytest.mark.parametrize("status", [429, 500])

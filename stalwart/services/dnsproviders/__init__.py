@@ -10,13 +10,13 @@ from .records import DnsProviderError, DnsUpdater
 def build_updater(server, path: str = "$.DnsServer") -> DnsUpdater:
     """The updater of one ``DnsServer``, with its timing fields (seconds) attached."""
     # Imported here: the configuration model imports .config, and this package may be imported first.
-    from .config import Cloudflare, DeSEC, DigitalOcean, Hetzner, Linode, Tsig
+    from .config import Cloudflare, DeSEC, DigitalOcean, Hetzner, Linode, Porkbun, Tsig, Vultr
 
     if isinstance(server, Tsig):
         from .rfc2136 import TsigUpdater
 
         updater: DnsUpdater = TsigUpdater(server, path)
-    elif isinstance(server, (Cloudflare, DeSEC, DigitalOcean, Hetzner, Linode)):
+    elif isinstance(server, (Cloudflare, DeSEC, DigitalOcean, Hetzner, Linode, Vultr, Porkbun)):
         from .hosted import hosted_updater
 
         updater = hosted_updater(server, path)

@@ -92,11 +92,26 @@ class Linode(DnsServerBase, tag="Linode"):
     base_url: str = "https://api.linode.com/v4"  # (new)
 
 
+class Vultr(DnsServerBase, tag="Vultr"):
+    """Vultr API v2 DNS (``Authorization: Bearer``)."""
+
+    secret: SecretKey
+    base_url: str = "https://api.vultr.com/v2"  # (new)
+
+
+class Porkbun(DnsServerBase, tag="Porkbun"):
+    """Porkbun API v3: credentials travel in every JSON body (``apikey``, ``secretapikey``)."""
+
+    api_key: str
+    secret_api_key: SecretKey
+    base_url: str = "https://api.porkbun.com/api/json/v3"  # (new)
+
+
 class Deprecated1(DnsServerBase, tag="Deprecated1"):
     """The slot of the removed ``Sig0`` variant: it loads, but building it fails (services.md §2.2)."""
 
 
-DnsServer = Tsig | Cloudflare | DeSEC | DigitalOcean | Hetzner | Linode | Deprecated1
+DnsServer = Tsig | Cloudflare | DeSEC | DigitalOcean | Hetzner | Linode | Vultr | Porkbun | Deprecated1
 
 
 class _Management(msgspec.Struct, tag_field="@type", rename="camel", forbid_unknown_fields=True, kw_only=True):

@@ -1,5 +1,5 @@
-"""Hosted DNS APIs: Cloudflare (API v4), deSEC, DigitalOcean (API v2), Hetzner DNS and Linode (API v4)
-(services.md §2.2).
+"""Hosted DNS APIs: Cloudflare (API v4), deSEC, DigitalOcean (API v2), Hetzner DNS, Linode (API v4),
+Vultr (API v2) and Porkbun (API v3) (services.md §2.2).
 
 Each speaks its provider's documented REST shapes over :class:`~stalwart.services.acme.http.HttpClient`
 (``DnsServer.timeout`` bounds each call). Values cross the interface in zone-file presentation form
@@ -12,6 +12,8 @@ Each speaks its provider's documented REST shapes over :class:`~stalwart.service
 | DigitalOcean | ``GET/POST /domains/{d}/records``, ``DELETE .../{id}``; relative ``name``, ``priority``/``port``/``weight``/``flags``/``tag`` | ``Authorization: Bearer`` |
 | Hetzner | ``GET /zones?name=``, ``GET /records?zone_id=``, ``POST /records``, ``DELETE /records/{id}``; relative ``name``, presentation ``value`` | ``Auth-API-Token`` |
 | Linode | ``GET /domains``, ``GET/POST /domains/{id}/records``, ``DELETE .../{id}``; ``target``, ``priority``/``weight``/``port``/``tag`` | ``Authorization: Bearer`` |
+| Vultr | ``GET/POST /domains/{d}/records``, ``DELETE .../{id}``; relative ``name``, ``data``, ``priority`` | ``Authorization: Bearer`` |
+| Porkbun | ``POST /dns/retrieveByNameType/{d}/{type}/{sub}``, ``/dns/create/{d}``, ``/dns/delete/{d}/{id}``; ``content``, ``prio`` | keys in the JSON body |
 
 Errors keep the provider's message; 429 and 5xx are temporary, other statuses permanent.
 """
@@ -25,7 +27,7 @@ from urllib.parse import quote, urlencode
 from ... import events
 from ...config.secrets import resolve
 from ..acme.http import HttpClient, HttpError
-from .config import Cloudflare, DeSEC, DigitalOcean, Hetzner, Linode
+from .config import Cloudflare, DeSEC, DigitalOcean, Hetzner, Linode, Porkbun, Vultr
 from .records import DnsProviderError, DnsUpdater, check_type, fqdn, split_txt
 
 
@@ -414,6 +416,106 @@ class LinodeUpdater(HostedUpdater):
         await self.call("DELETE", f"/domains/{await self.zone_id(zone)}/records/{quote(record_id)}")
 
 
+class VultrUpdater(HostedUpdater):
+    """Vultr DNS: records with a relative ``name`` ("" at the apex), ``data`` and ``priority``."""
+
+    provider = "Vultr"
+
+    def message(self, doc, resp) -> str:
+        if isinstance(doc, dict) and doc.get("error"):
+            return str(doc["error"])
+        return super().message(doc, resp)
+
+    @staticmethod
+    def _value(rec: dict) -> str:
+        t, data = rec["type"], rec["data"]
+        if t in ("MX", "SRV"):  # data holds the rest of the record after the priority
+            return f"{rec.get('priority', 0)} {data.rstrip('.')}."
+        if t == "CNAME":
+            return fqdn(data) + "."
+        if t == "TXT":
+            return data[1:-1] if len(data) >= 2 and data[0] == data[-1] == '"' else data
+        return data
+
+    async def records(self, zone, name, rtype):
+        doc, _ = await self.call("GET", f"/domains/{quote(fqdn(zone))}/records?per_page=500")
+        rel = _relative(name, zone, "")
+        return [(r["id"], self._value(r)) for r in (doc or {}).get("records") or []
+                if r.get("type") == rtype and r.get("name") == rel]
+
+    async def create(self, zone, name, rtype, value):
+        body: dict = {"type": rtype, "name": _relative(name, zone, ""), "ttl": self.ttl}
+        parts = _split(rtype, value)
+        if rtype in ("MX", "SRV"):
+            body.update(priority=int(parts[0]), data=" ".join([*parts[1:-1], fqdn(parts[-1])]))
+        elif rtype == "CNAME":
+            body["data"] = fqdn(value)
+        elif rtype == "TXT":
+            body["data"] = f'"{value}"'
+        else:
+            body["data"] = value
+        await self.call("POST", f"/domains/{quote(fqdn(zone))}/records", body)
+
+    async def delete(self, zone, record_id):
+        await self.call("DELETE", f"/domains/{quote(fqdn(zone))}/records/{quote(record_id)}")
+
+
+class PorkbunUpdater(HostedUpdater):
+    """Porkbun: every call is a POST whose JSON body carries the two keys; ``status`` says whether it
+    worked, ``message`` why not."""
+
+    provider = "Porkbun"
+
+    def __init__(self, server: Porkbun, path: str):
+        self.base = server.base_url.rstrip("/")
+        self.api_key = server.api_key
+        self.token = resolve(server.secret_api_key, f"{path}.secretApiKey") or ""
+        self.http = HttpClient(timeout=int(server.timeout) / 1000.0)
+        self.ttl = server.ttl_seconds
+
+    def headers(self) -> list[tuple[str, str]]:
+        return []
+
+    def message(self, doc, resp) -> str:
+        if isinstance(doc, dict) and doc.get("message"):
+            return str(doc["message"])
+        return super().message(doc, resp)
+
+    async def post(self, path: str, body: dict | None = None):
+        doc, resp = await self.call("POST", path, {"apikey": self.api_key, "secretapikey": self.token, **(body or {})})
+        if not isinstance(doc, dict) or doc.get("status") != "SUCCESS":
+            raise DnsProviderError(f"Porkbun: {path}: {self.message(doc, resp)}")
+        return doc
+
+    @staticmethod
+    def _value(rec: dict) -> str:
+        t, content = rec["type"], rec["content"]
+        if t in ("MX", "SRV"):
+            return f"{rec.get('prio') or 0} {content.rstrip('.')}."
+        if t == "CNAME":
+            return fqdn(content) + "."
+        return content
+
+    async def records(self, zone, name, rtype):
+        sub = _relative(name, zone, "")
+        doc = await self.post(f"/dns/retrieveByNameType/{quote(fqdn(zone))}/{rtype}/{quote(sub)}".rstrip("/"))
+        return [(str(r["id"]), self._value(r)) for r in doc.get("records") or []]
+
+    async def create(self, zone, name, rtype, value):
+        body: dict = {"name": _relative(name, zone, ""), "type": rtype, "ttl": str(max(self.ttl, 600))}
+        parts = _split(rtype, value)
+        if rtype in ("MX", "SRV"):
+            body.update(prio=parts[0], content=" ".join([*parts[1:-1], fqdn(parts[-1])]))
+        elif rtype == "CNAME":
+            body["content"] = fqdn(value)
+        else:
+            body["content"] = value
+        await self.post(f"/dns/create/{quote(fqdn(zone))}", body)
+
+    async def delete(self, zone, record_id):
+        await self.post(f"/dns/delete/{quote(fqdn(zone))}/{quote(record_id)}")
+
+
 def hosted_updater(server, path: str) -> HostedUpdater:
     if isinstance(server, Cloudflare):
         return CloudflareUpdater(server, path)
@@ -425,4 +527,8 @@ def hosted_updater(server, path: str) -> HostedUpdater:
         return HetznerUpdater(server, path)
     if isinstance(server, Linode):
         return LinodeUpdater(server, path)
+    if isinstance(server, Vultr):
+        return VultrUpdater(server, path)
+    if isinstance(server, Porkbun):
+        return PorkbunUpdater(server, path)
     raise DnsProviderError(f"{path}: no hosted API for {type(server).__name__}")
