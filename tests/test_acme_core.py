@@ -123,6 +123,8 @@ def test_challenge_store_and_http_route(tmp_path):
     assert svc.respond("GET", "/.well-known/acme-challenge/tok_en-1%2Fx", [], b"", ctx).status == 404
     assert svc.respond("GET", "/.well-known/acme-challenge/..%2F..%2Fetc", [], b"", ctx).status == 403  # banned path
     assert svc.respond("POST", "/.well-known/acme-challenge/tok_en-1", [], b"", ctx).status == 405
+    alpn_only = HttpService(_cfg({"AcmeProvider": [{"id": "p", "contact": ["a@b.test"]}]}), data_dir=str(tmp_path))
+    assert alpn_only.respond("GET", "/.well-known/acme-challenge/tok_en-1", [], b"", ctx).status == 404  # inactive
     store.remove_http("tok_en-1")
     assert svc.respond("GET", "/.well-known/acme-challenge/tok_en-1", [], b"", ctx).status == 404
     with pytest.raises(ValueError):

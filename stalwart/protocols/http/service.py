@@ -25,7 +25,7 @@ from ..._fast import load as load_kernel
 from ...config import Config
 from ...config import hostname as config_hostname
 from ...services.acme.challenges import HTTP_PREFIX as ACME_CHALLENGE_PREFIX
-from ...services.acme.challenges import ChallengeStore
+from ...services.acme.challenges import ChallengeStore, http01_route_active
 from ..base import SessionContext
 from .autoconfig import Autoconfig, parse_autodiscover
 from .forwarded import ClientAddress, attribute, pack
@@ -105,7 +105,7 @@ class HttpService:
         self.extra_headers = headers
         self._heads: dict[tuple, object] = {}
         # HTTP-01 answers written by the ACME helper (tls.md §7.5), on every HTTP listener.
-        self.acme = ChallengeStore(data_dir) if data_dir else None
+        self.acme = ChallengeStore(data_dir) if data_dir and http01_route_active(cfg) else None
 
     def response_head(self, status: int, headers: list[tuple[str, str]]) -> h11.Response:
         """The h11 status line and headers, validated once per distinct head.

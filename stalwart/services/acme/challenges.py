@@ -207,6 +207,13 @@ class TlsAlpn01Solver(ChallengeSolver):
         self.store.remove_alpn(identifier)
 
 
+def http01_route_active(cfg) -> bool:
+    """tls.md §7.5: the HTTP-01 route is served when some AcmeProvider uses Http01, or none exists
+    (so a provider added later works at once); recomputed on every configuration load."""
+    providers = getattr(cfg, "AcmeProvider", [])
+    return not providers or any(p.challenge_type == "Http01" for p in providers)
+
+
 def http_challenge_response(store: ChallengeStore | None, path: str):
     """``(status, body)`` for a request path under :data:`HTTP_PREFIX` (404 when unknown)."""
     token = path[len(HTTP_PREFIX):]
