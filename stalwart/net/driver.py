@@ -451,7 +451,8 @@ class Connection(asyncio.Protocol):
         """A core asked for work off the loop (fsync, password hashing): run it in the loop's
         default thread pool with reading paused, so the core sees no bytes until it has the result."""
         self.transport.pause_reading()
-        fut = self.worker.loop.run_in_executor(None, job.fn, *job.args)
+        executor = getattr(self.worker, "executors", {}).get(job.pool)  # None: the loop's default pool
+        fut = self.worker.loop.run_in_executor(executor, job.fn, *job.args)
         fut.add_done_callback(self._blocking_finished)
 
     def _blocking_finished(self, fut: asyncio.Future) -> None:

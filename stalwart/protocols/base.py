@@ -63,6 +63,9 @@ class Blocking:
 
     fn: Callable[..., Any]
     args: tuple = ()
+    #: "io" (disk: fsync, reads) or "cpu" (password hashing): separate thread pools, so a flood of
+    #: logins cannot queue deliveries behind key derivations
+    pool: str = "io"
 
 
 @dataclass(slots=True)

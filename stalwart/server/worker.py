@@ -15,6 +15,7 @@ the master, which decides.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import ssl
@@ -39,6 +40,7 @@ SWEEP_INTERVAL = 0.25  # s: list changes reach every worker well within the 1 s 
 CERT_CHECK_INTERVAL = 60.0  # s
 
 EXIT_BOOT_ERROR = 3
+IO_THREADS = 8  # concurrent fsyncs share journal commits and directory fsyncs (group commit)
 
 
 class ListenerRuntime:
@@ -131,6 +133,11 @@ class Worker:
     async def _main(self) -> int:
         loop = self.loop
         self.ssl_protocol_class = _ssl_protocol_class(loop)
+        # Blocking work of session cores (driver): disk I/O and password hashing in separate pools.
+        self.executors = {
+            "io": concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="io"),
+            "cpu": concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="cpu"),
+        }
         self._stop = asyncio.Event()
         self._sessions_empty = asyncio.Event()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
