@@ -293,3 +293,19 @@ def test_session_transfer_quota(tmp_path):
     core = smtp(tmp_path, transfer_limit=100)
     out = replies(drive(core, [b"EHLO c\r\n", b"NOOP\r\n" * 20]))
     assert out.endswith(b"452 4.7.28 mx.example.test Session exceeded transfer quota.\r\n") and core.closed
+
+
+def test_password_checks_use_the_cpu_pool_and_deliveries_the_io_pool(tmp_path):
+    from stalwart.protocols.base import Blocking
+
+    core = smtp(tmp_path, allow_plain_auth=True)
+    drive(core, [b"EHLO c\r\n"])
+    core.receive_data(b"AUTH PLAIN " + encode_plain("jane", "jane-secret").encode() + b"\r\n")
+    job = core.next_event()
+    assert isinstance(job, Blocking) and job.pool == "cpu"
+    core.blocking_done(job.fn(*job.args), None)
+    core.next_event()
+    core.receive_data(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<jane@example.org>\r\nDATA\r\nx\r\n.\r\n")
+    while not isinstance(ev := core.next_event(), Blocking):
+        pass
+    assert ev.pool == "io"

@@ -85,10 +85,12 @@ class LineSession(SessionCore):
         """Hand the following bytes to ``reader`` until it returns an offset (None: lines again)."""
         self._reader = reader
 
-    def _block(self, fn: Callable[..., Any], args: tuple, then: Callable[[Any, BaseException | None], None]) -> None:
-        """Run ``fn(*args)`` off the event loop; ``then(result, error)`` continues the session."""
+    def _block(self, fn: Callable[..., Any], args: tuple, then: Callable[[Any, BaseException | None], None],
+               pool: str = "io") -> None:
+        """Run ``fn(*args)`` off the event loop (``pool``: "io" or "cpu"); ``then(result, error)``
+        continues the session."""
         self._waiting = then
-        self._events.append(Blocking(fn, args))
+        self._events.append(Blocking(fn, args, pool))
 
     def _delay(self, seconds: float, then: Callable[[], None]) -> None:
         """Continue with ``then()`` after ``seconds``; nothing is read or answered meanwhile."""

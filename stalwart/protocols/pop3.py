@@ -223,7 +223,8 @@ class Pop3Session(LineSession):
     def _authenticate(self, login: str, password: str) -> None:
         self._login = login
         self._credential = password  # for the auth.failed event only, then dropped
-        self._block(mailcommon.authenticate, (self.services.directory, login, password), self._auth_result)
+        self._block(mailcommon.authenticate, (self.services.directory, login, password), self._auth_result,
+                    pool="cpu")
 
     def _auth_result(self, account: AccountEntry | None, error: BaseException | None) -> None:
         credential, self._credential = self._credential, None

@@ -446,7 +446,8 @@ class SmtpSession(LineSession):
         self._sasl = None
         self._login = login
         self._credential = password  # for the auth.failed event only, then dropped
-        self._block(mailcommon.authenticate, (self.services.directory, login, password), self._auth_result)
+        self._block(mailcommon.authenticate, (self.services.directory, login, password), self._auth_result,
+                    pool="cpu")
 
     def _auth_result(self, account: AccountEntry | None, error: BaseException | None) -> None:
         credential, self._credential = self._credential, None

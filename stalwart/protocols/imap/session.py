@@ -277,7 +277,7 @@ class ImapSession(LineSession):
         self._login = login
         self._credential = password  # for the auth.failed event only, then dropped
         self._block(mailcommon.authenticate, (self.services.directory, login, password),
-                    lambda acct, err: self._auth_result(tag, acct, err))
+                    lambda acct, err: self._auth_result(tag, acct, err), pool="cpu")
 
     def _auth_result(self, tag: str, account: AccountEntry | None, error: BaseException | None) -> None:
         credential, self._credential = self._credential, None
