@@ -14,7 +14,6 @@ worker, later callers waiting inside their own time limit.
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.utils
 import re
 import time
@@ -23,9 +22,9 @@ from collections.abc import Callable
 import msgspec
 
 from ... import events
-from ...config.secrets import resolve
 from ...errors import ConfigError, StalwartError
-from .config import AiModel, BasicAuth, BearerAuth
+from ...config.httpauth import authorization
+from .config import AiModel
 from .http import HttpClient, HttpError, HttpResponse
 
 MAX_IN_FLIGHT = 8  # requests per model per worker (services.md §4 "We do better")
@@ -107,16 +106,7 @@ def build_headers(model: AiModel, path: str) -> list[tuple[str, str]]:
             raise ConfigError(f"{path}.httpHeaders", f"Invalid header value for {name!r}")
         headers = [(k, v) for k, v in headers if k.lower() != name.lower()]
         headers.append((name, value))
-    auth = model.http_auth
-    token: str | None = None
-    if isinstance(auth, BasicAuth):
-        secret = resolve(auth.secret, f"{path}.httpAuth.secret") or ""
-        token = "Basic " + base64.b64encode(f"{auth.username}:{secret}".encode()).decode()
-    elif isinstance(auth, BearerAuth):
-        secret = resolve(auth.bearer_token, f"{path}.httpAuth.bearerToken") or ""
-        if _BAD_VALUE.search(secret):
-            raise ConfigError(f"{path}.httpAuth.bearerToken", "Invalid bearer token (control or non-ASCII characters)")
-        token = f"Bearer {secret}"
+    token = authorization(model.http_auth, f"{path}.httpAuth")
     if token is not None:
         headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
         headers.append(("Authorization", token))

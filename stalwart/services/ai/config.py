@@ -11,7 +11,6 @@ from typing import Annotated, ClassVar, Literal
 import msgspec
 from msgspec import Meta
 
-from ...config.secrets import SecretKey
 from ...config.types import Duration
 
 Temperature = Annotated[float, Meta(ge=0.0, le=1.0)]
@@ -22,28 +21,7 @@ class _Object(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_onl
     set_fields: ClassVar[tuple[str, ...]] = ()
 
 
-class _Auth(msgspec.Struct, tag_field="@type", rename="camel", forbid_unknown_fields=True, kw_only=True):
-    pass
-
-
-class Unauthenticated(_Auth, tag="Unauthenticated"):
-    """No ``Authorization`` header."""
-
-
-class BasicAuth(_Auth, tag="Basic"):
-    """``Authorization: Basic base64(username ":" secret)`` (RFC 7617)."""
-
-    username: str
-    secret: SecretKey
-
-
-class BearerAuth(_Auth, tag="Bearer"):
-    """``Authorization: Bearer <token>`` (RFC 6750 §2.1)."""
-
-    bearer_token: SecretKey
-
-
-HttpAuth = Unauthenticated | BasicAuth | BearerAuth
+from ...config.httpauth import BasicAuth, BearerAuth, HttpAuth, Unauthenticated  # noqa: E402,F401
 
 ModelType = Literal["Chat", "Text"]
 

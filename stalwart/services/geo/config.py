@@ -12,14 +12,13 @@ Set-typed fields (``asnUrls``, ``geoUrls``) take a JSON list or the reference ma
 """
 from __future__ import annotations
 
-import base64
 import re
 from typing import Annotated, ClassVar
 
 import msgspec
 from msgspec import Meta
 
-from ...config.secrets import SecretKey, resolve
+from ...config.httpauth import BasicAuth, BearerAuth, HttpAuth, Unauthenticated, authorization  # noqa: F401
 from ...config.types import Duration, Size
 
 UnsignedInt = Annotated[int, Meta(ge=0, le=2**32 - 1)]
@@ -32,28 +31,6 @@ _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _VALUE_RE = re.compile(r"^[^\x00\r\n]*$")
 
 
-class _Auth(msgspec.Struct, tag_field="@type", rename="camel", forbid_unknown_fields=True, kw_only=True):
-    pass
-
-
-class Unauthenticated(_Auth, tag="Unauthenticated"):
-    """No ``Authorization`` header."""
-
-
-class BasicAuth(_Auth, tag="Basic"):
-    """``Authorization: Basic base64(username ":" secret)`` (RFC 7617 §2)."""
-
-    username: str
-    secret: SecretKey
-
-
-class BearerAuth(_Auth, tag="Bearer"):
-    """``Authorization: Bearer <token>`` (RFC 6750 §2.1)."""
-
-    bearer_token: SecretKey
-
-
-HttpAuth = Unauthenticated | BasicAuth | BearerAuth
 
 
 class AsnBase(msgspec.Struct, tag_field="@type", rename="camel", forbid_unknown_fields=True, kw_only=True):
@@ -149,13 +126,7 @@ def request_headers(cfg: AsnResource, path: str = "$.Asn") -> dict[str, str]:
         for existing in [k for k in headers if k.lower() == n.lower()]:
             del headers[existing]
         headers[n] = v
-    auth = cfg.http_auth
-    token = None
-    if isinstance(auth, BasicAuth):
-        secret = resolve(auth.secret, f"{path}.httpAuth.secret") or ""
-        token = "Basic " + base64.b64encode(f"{auth.username}:{secret}".encode()).decode()
-    elif isinstance(auth, BearerAuth):
-        token = "Bearer " + (resolve(auth.bearer_token, f"{path}.httpAuth.bearerToken") or "")
+    token = authorization(cfg.http_auth, f"{path}.httpAuth")
     if token is not None:
         for existing in [k for k in headers if k.lower() == "authorization"]:
             del headers[existing]
