@@ -202,6 +202,10 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"$.{name}[{i}].address", f"{entry.address} is already listed in {name}[{seen[entry.address]}]")
             seen[entry.address] = i
 
+    from ..services.ai.config import validate as validate_ai
+
+    validate_ai(cfg)  # unique AiModel names, http(s) URLs, SpamLlm.modelId (services.md §4)
+
 
 def os_hostname() -> str:
     """The OS host name, fully qualified when the resolver knows a better name than localhost."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .. import events
 from .._fast import load as load_kernel
 from .._fast import clienthello_errors, proxy_errors
-from ..protocols.base import NEED_DATA, Blocking, Delay, Send, SessionContext, StartTls, Timer
+from ..protocols.base import NEED_DATA, Awaiting, Blocking, Delay, Send, SessionContext, StartTls, Timer
 
 if TYPE_CHECKING:
     from ..protocols import SessionCore
@@ -435,6 +435,11 @@ class Connection(asyncio.Protocol):
                 return
             elif isinstance(ev, Blocking):
                 self._run_blocking(ev)
+                return
+            elif isinstance(ev, Awaiting):
+                self.transport.pause_reading()
+                task = self.worker.loop.create_task(ev.fn(*ev.args))
+                task.add_done_callback(self._blocking_finished)
                 return
             elif isinstance(ev, Delay):
                 self.transport.pause_reading()

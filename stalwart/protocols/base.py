@@ -69,6 +69,20 @@ class Blocking:
 
 
 @dataclass(slots=True)
+class Awaiting:
+    """Work that runs on the event loop itself: the coroutine ``fn(*args)`` (an AI model call).
+
+    Like :class:`Blocking`, reading is paused and the result comes back through
+    :meth:`SessionCore.blocking_done`; unlike it, no pool thread is held while the coroutine waits
+    on the network, so a slow endpoint cannot starve password hashing and fsync. The coroutine
+    must bound its own run time.
+    """
+
+    fn: Callable[..., Any]
+    args: tuple = ()
+
+
+@dataclass(slots=True)
 class Delay:
     """Resume the core after ``seconds`` through ``blocking_done(None, None)``; reading is paused."""
 

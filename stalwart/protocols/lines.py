@@ -5,7 +5,7 @@ from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from .base import Blocking, Delay, SessionContext, SessionCore, StartTls
+from .base import Awaiting, Blocking, Delay, SessionContext, SessionCore, StartTls
 
 #: a byte reader (SMTP DATA, IMAP and ManageSieve literals): given the buffer and where unread bytes
 #: start, it returns the offset where line parsing resumes, or None when it took every byte
@@ -91,6 +91,11 @@ class LineSession(SessionCore):
         continues the session."""
         self._waiting = then
         self._events.append(Blocking(fn, args, pool))
+
+    def _await(self, fn: Callable[..., Any], args: tuple, then: Callable[[Any, BaseException | None], None]) -> None:
+        """Run the coroutine ``fn(*args)`` on the loop; ``then(result, error)`` continues the session."""
+        self._waiting = then
+        self._events.append(Awaiting(fn, args))
 
     def _delay(self, seconds: float, then: Callable[[], None]) -> None:
         """Continue with ``then()`` after ``seconds``; nothing is read or answered meanwhile."""

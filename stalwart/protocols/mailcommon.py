@@ -24,6 +24,7 @@ from ..accounts import AccountEntry, Directory
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..services.ai.classification import Classifier
     from ..mailstore import MailStore
     from .base import SessionContext
 
@@ -39,13 +40,20 @@ class MailServices:
     store: MailStore | None = None
     max_auth_failures: int = 3  # Imap.maxAuthFailures: then the session is closed (security.md §4)
     timeout_authenticated_ms: int = 1800000  # Imap.timeoutAuthenticated
+    classifier: Classifier | None = None  # SpamLlm bound to its model (services.md §4.2)
 
     @classmethod
     def build(cls, cfg: Config, data_dir: str | None) -> MailServices:
+        from ..config import hostname
         from ..mailstore import MailStore
+        from ..services.ai.models import AiModels
+        from ..services.license.state import EnterpriseState
 
+        # Clients hold no socket and no loop until their first call, so building here is fork-safe.
+        enterprise = EnterpriseState.load(cfg.Enterprise, hostname(cfg), data_dir, account_count=len(cfg.Account))
+        ai = AiModels.build(cfg, enterprise)
         return cls(Directory.from_config(cfg), MailStore(data_dir) if data_dir else None,
-                   cfg.Imap.max_auth_failures, int(cfg.Imap.timeout_authenticated))
+                   cfg.Imap.max_auth_failures, int(cfg.Imap.timeout_authenticated), ai.classifier)
 
 
 def authenticate(directory: Directory, login: str, password: str) -> AccountEntry | None:

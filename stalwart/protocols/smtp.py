@@ -355,9 +355,22 @@ class SmtpSession(LineSession):
         # RFC 5321 §4.5.2: a leading "." on a line was added by the client; remove it.
         body = bytes(data[:end + 2]).replace(b"\r\n.", b"\r\n")[2:]
         self._data = bytearray()
-        accounts = [acct.name for _, acct in self.rcpts]
-        self._block(deliver_job, (self.services.store, self._received_header(), body, accounts), self._delivered)
+        classifier = self.services.classifier
+        if classifier is None:
+            self._deliver(body, b"")
+        else:
+            # services.md §4.2: after the message is received, before the reply; classify()
+            # returns within min(model timeout, 30 s) and fails open, so DATA is never stalled.
+            from ..services.ai.classification import classify
+
+            self._await(classify, (body, classifier),
+                        lambda result, error: self._deliver(body, b"" if error else result.header()))
         return consumed
+
+    def _deliver(self, body: bytes, extra_headers: bytes) -> None:
+        accounts = [acct.name for _, acct in self.rcpts]
+        self._block(deliver_job, (self.services.store, self._received_header(), extra_headers + body, accounts),
+                    self._delivered)
 
     def _received_header(self) -> bytes:
         """RFC 5321 §4.4 trace header, with the RFC 3848 protocol keyword; dated by the job."""

@@ -645,8 +645,19 @@ class Master:
                 for p in sorted(self.by_pid.values(), key=lambda p: (p.gen.number, p.position))
             ],
             "connections": self.table.server_count(),
+            "enterprise": self._enterprise_status(gen),
             "listeners": {name: self.table.listener_count(i) for name, i in sorted(self.listener_index.items())},
         }
+
+    def _enterprise_status(self, gen) -> dict | None:
+        """services.md §6: the licence in force, as the workers see it (signature checked offline)."""
+        if gen is None:
+            return None
+        from ..services.license import EnterpriseState
+
+        cfg = gen.plan.config
+        return EnterpriseState.load(cfg.Enterprise, gen.plan.hostname, self.data_dir,
+                                    account_count=len(cfg.Account)).status()
 
     def _cleanup(self) -> None:
         if self.by_pid:

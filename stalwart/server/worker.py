@@ -161,11 +161,24 @@ class Worker:
         self._ready_sent = True
         sweeper = loop.create_task(self._sweep())
         expiry = loop.create_task(sweep_expired(self.caches.caches))
+        renewer = loop.create_task(self._renew_licence()) if self.position == 1 else None
         await self._stop.wait()
         await self._drain()
         sweeper.cancel()
         expiry.cancel()
+        if renewer is not None:
+            renewer.cancel()
         return 0
+
+    async def _renew_licence(self) -> None:
+        """services.md §6.4: one worker per generation renews; every process reads the renewed key
+        from <data-dir>/license.key. Returns at once when no Enterprise.apiKey is set."""
+        from ..services.license import EnterpriseState, LicenseRenewer
+
+        cfg = self.plan.config
+        state = EnterpriseState.load(cfg.Enterprise, self.hostname, self.plan.extra.get("data_dir"),
+                                     account_count=len(cfg.Account))
+        await LicenseRenewer(state).run()
 
     # -- signals -----------------------------------------------------------------------------
     def _stop_accepting(self) -> None:
