@@ -161,3 +161,14 @@ def test_ipmask_normal_form(ip, prefix):
     prefix = min(prefix, 32 if ip.version == 4 else 128)
     mask = IpMask.parse(f"{ip}/{prefix}")
     assert IpMask.parse(str(mask)) == mask
+
+
+def test_effective_config_masks_password_hashes_and_url_passwords():
+    from stalwart.accounts import hash_password
+
+    cfg = parse({"Domain": [{"name": "example.org"}],
+                 "Account": [{"name": "jane", "secret": hash_password("pw"), "emails": ["jane@example.org"]}],
+                 "Redis": {"url": "redis://user:s3cret@127.0.0.1:6379/0"}})
+    out = to_json(cfg).decode()
+    assert "$scrypt$" not in out and "$pbkdf2" not in out
+    assert "s3cret" not in out and "redis://user:***@127.0.0.1:6379/0" in out

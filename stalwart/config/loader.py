@@ -239,12 +239,24 @@ def worker_count(cfg: Config) -> int:
 def to_json(cfg: Config) -> bytes:
     """The effective configuration, defaults filled in, secrets masked."""
     raw = msgspec.to_builtins(cfg, enc_hook=enc_hook)
-    for i, cert in enumerate(raw.get("Certificate", [])):
-        pk = cert.get("privateKey", {})
-        if "secret" in pk:
-            pk["secret"] = "***"
     _mask_secrets(raw)
+    for account in raw.get("Account", []):
+        if account.get("secret"):
+            account["secret"] = "***"  # a password hash is still an offline-guessing target
+    redis = raw.get("Redis")
+    if isinstance(redis, dict) and isinstance(redis.get("url"), str):
+        redis["url"] = _mask_url_password(redis["url"])
     return msgspec.json.format(msgspec.json.encode(raw), indent=2)
+
+
+def _mask_url_password(url: str) -> str:
+    """``redis://user:pw@host`` -> ``redis://user:***@host``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}" if colon or user else url
 
 
 def _mask_secrets(node: Any) -> None:
