@@ -396,12 +396,17 @@ class Connection(asyncio.Protocol):
                              packed=self.packed, exempt=self.exempt, counters=self.worker.autoban.counters,
                              metrics=self.worker.metrics.table,
                              certificate_for=getattr(self.worker.plan.tls, "resolve_certificate", None))
+        geo = self.worker.geo
+        info = geo.lookup(self.packed) if geo is not None and not self.exempt else None
+        if info is not None:
+            ctx.extra["geo"] = info  # the SMTP Received: header and the session events carry it
         core = lr.factory(ctx)
         self.core = core
         self.worker.metrics.session(lr.index)
         if self.worker.trace_sessions:
             events.emit(f"{core.event_group}.connection-start", ListenerId=lr.name, LocalPort=self.local_port,
-                        RemoteIp=self.remote_ip, RemotePort=self.remote_port, SpanId=self.span)
+                        RemoteIp=self.remote_ip, RemotePort=self.remote_port, SpanId=self.span,
+                        **(info.event_keys() if info is not None else {}))
         greeting = core.greeting()
         if greeting:
             self.transport.write(greeting)

@@ -383,7 +383,10 @@ class SmtpSession(LineSession):
         tls = f"\r\n\t(using {ctx.tls_version} with cipher {ctx.tls_cipher})" if ctx.tls_active else ""
         helo = re.sub(r"[^\x21-\x7e]", "?", self.helo or "unknown")[:255]
         for_ = f"\r\n\tfor <{self.rcpts[0][0]}>" if len(self.rcpts) == 1 else ""
-        return (f"Received: from {helo} ([{ctx.remote_ip}]){tls}\r\n\tby {ctx.hostname} (Stalwart) "
+        geo = ctx.extra.get("geo")
+        asn = geo.received_comment() if geo is not None else ""
+        asn = f" ({asn})" if asn else ""  # services.md §3: "[ip] (AS64500 EXAMPLE-NET, US)"
+        return (f"Received: from {helo} ([{ctx.remote_ip}]{asn}){tls}\r\n\tby {ctx.hostname} (Stalwart) "
                 f"with {proto}{for_};\r\n\t").encode("utf-8", "replace")
 
     def _delivered(self, outcome: dict | None, error: BaseException | None) -> None:

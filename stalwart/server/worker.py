@@ -29,6 +29,8 @@ from ..security.access import AccessLists, load_runtime
 from ..services.cache import sweep_expired
 from ..services.cache.registry import CacheRegistry
 from ..services.dns import build_resolver
+from ..services.geo.config import AsnDisabled
+from ..services.geo.service import GeoService
 from ..security.autoban import AutoBan, SharedSecurity
 from ..services.acme.alpn import tls_alpn_responder
 from .plan import GenerationPlan, ListenerPlan
@@ -92,6 +94,11 @@ class Worker:
         # (services.md): built here, after fork, so no cache or socket is shared by accident.
         self.caches = CacheRegistry(plan.config.Cache)
         self.dns = build_resolver(plan.config, self.caches)
+        # ASN and country of each client (services.md §3), from the tables the master maps into the
+        # data directory; None when the Asn object is Disabled.
+        self.geo = None
+        if not isinstance(plan.config.Asn, AsnDisabled) and plan.extra.get("data_dir"):
+            self.geo = GeoService.for_config(plan.config, plan.extra["data_dir"], self.caches)
         # Auto-ban consumes the sessions' security events (security.md §4); the tables are the
         # master's shared ones (a private pair when a worker is built without a master).
         self.autoban = AutoBan(self, plan.extra.get("security") or SharedSecurity(8, 16), plan.config)
