@@ -30,7 +30,9 @@ def control(monkeypatch):
                "blocked.add": {"ok": True, "entry": {"address": "198.51.100.0/24"}},
                "blocked.remove": {"ok": False, "error": "198.51.100.9 is not in the blocked list"},
                "allowed.remove": {"ok": False, "error": "10.0.0.0/8 comes from the configuration file: edit it"},
-               "reload": {"ok": True, "message": "generation 4"}}
+               "reload": {"ok": True, "message": "generation 4"},
+               "geo.lookup": {"ok": True, "address": "198.51.100.7", "source": "Mmdb", "found": True,
+                              "asn": 64500, "asnName": "EXAMPLE-NET", "country": "US"}}
 
     def fake(data_dir, command, timeout=0, **args):
         calls.append((command, args))
@@ -101,6 +103,14 @@ def test_create_and_delete(control):
     reply = call("DELETE", "/api/allowed-ip/10.0.0.0%2F8", authorization=auth())
     assert reply.status == 409 and control[-1] == ("allowed.remove", {"address": "10.0.0.0/8"})
     assert call("PUT", "/api/allowed-ip", authorization=auth()).status == 405
+
+
+def test_geo_lookup(control):
+    reply = call("GET", "/api/geo/198.51.100.7", authorization=auth())
+    assert reply.status == 200 and reply.json()["asn"] == 64500 and reply.json()["country"] == "US"
+    assert control[-1] == ("geo.lookup", {"address": "198.51.100.7"})
+    assert call("POST", "/api/geo/198.51.100.7", authorization=auth()).status == 405
+    assert call("GET", "/api/geo/198.51.100.7").status == 401
 
 
 def test_reload(control):

@@ -14,6 +14,7 @@ GET      ``/api/blocked-ip``              list (``/api/allowed-ip`` alike)
 POST     ``/api/blocked-ip``              add ``{"address", "reason"?, "expiresAt"?}`` → ``201``
 DELETE   ``/api/blocked-ip/<address>``    remove (a CIDR's ``/`` may be written as is or ``%2F``)
 POST     ``/api/reload``                  reload the configuration (same as SIGHUP)
+GET      ``/api/geo/<address>``           ASN and country of an address (the ``Asn`` object's tables)
 GET      ``/metrics``                     Prometheus text exposition format 0.0.4
 =======  ===============================  ==========================================================
 
@@ -204,6 +205,11 @@ class ManagementApi:
                 return _allow("POST")
             return [("reload", {}, RELOAD_TIMEOUT)], _reloaded
         segment, _, rest = path[len("/api/"):].partition("/")
+        if segment == "geo" and rest:
+            # services.md §3: the ASN and country the master's tables give for an address
+            if method != "GET":
+                return _allow("GET, HEAD")
+            return [("geo.lookup", {"address": rest}, CONTROL_TIMEOUT)], _geo
         kind = KINDS.get(segment)
         if kind is None:
             return problem(404)
@@ -242,6 +248,14 @@ def _failed(reply: dict) -> Response:
     if "comes from the configuration file" in error:
         return problem(409, error)
     return problem(400, error)
+
+
+def _geo(replies: list[dict]) -> Response:
+    reply = replies[0]
+    if not reply.get("ok"):
+        return problem(400, reply.get("error", "lookup failed"))
+    doc = {k: v for k, v in reply.items() if k != "ok"}
+    return _json(200 if doc.get("found") else 404, doc)
 
 
 def _status(replies: list[dict]) -> Response:
