@@ -223,7 +223,8 @@ def _account(args) -> int:
             print("stalwart-cli: the passwords differ", file=sys.stderr)
             return 1
     try:
-        added = add_account(args.config, args.name, args.email, password, args.scheme)
+        added = add_account(args.config, args.name, args.email, password, args.scheme,
+                            data_dir=getattr(args, "data_dir", None) or os.environ.get("STALWART_DATA_DIR"))
     except (ConfigError, OSError) as exc:
         print(f"stalwart-cli: {exc}", file=sys.stderr)
         return 1

@@ -15,10 +15,12 @@ from .passwords import hash_password
 
 
 def add_account(config_path: str, name: str, emails: list[str], password: str,
-                scheme: str = "scrypt") -> list[str]:
+                scheme: str = "scrypt", data_dir: str | None = None) -> list[str]:
     """Add account ``name`` receiving ``emails``; returns the domains that had to be added.
 
-    Raises :class:`ConfigError` (with the JSON path) when the result would not load."""
+    Raises :class:`ConfigError` (with the JSON path) when the result would not load, or when an
+    Enterprise licence in force allows no more accounts (services.md §6.3; ``data_dir`` holds a
+    renewed licence, if any)."""
     if not password:
         raise ConfigError("$.Account", "the password must not be empty")
     try:
@@ -38,6 +40,13 @@ def add_account(config_path: str, name: str, emails: list[str], password: str,
         raise ConfigError("$", "Domain and Account must be lists")
     if any(isinstance(a, dict) and str(a.get("name", "")).lower() == name.lower() for a in accounts):
         raise ConfigError("$.Account", f"account {name!r} already exists")
+    if raw.strip():
+        from ..services.license.state import AccountLimitExceeded, ensure_can_add_account
+
+        try:
+            ensure_can_add_account(parse_bytes(raw, config_path), data_dir)
+        except AccountLimitExceeded as exc:
+            raise ConfigError("$.Account", str(exc)) from None
     known = {str(d.get("name", "")).lower().rstrip(".") for d in domains if isinstance(d, dict)}
     added = []
     for addr in emails:
