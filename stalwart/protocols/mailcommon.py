@@ -65,9 +65,14 @@ def authenticate(directory: Directory, login: str, password: str) -> AccountEntr
 AUTH_FAILURE_DELAY = (0.05, 0.5)
 
 
-def failure_delay() -> float:
-    """A random pause before an authentication failure reply (security.md §4): slows guessing and
-    hides the timing of the check itself."""
+def failure_delay(ctx: SessionContext | None = None) -> float:
+    """The pause before an authentication failure reply (security.md §4): random in
+    AUTH_FAILURE_DELAY, which slows guessing and hides the timing of the check itself, unless the
+    auto-ban layer throttles this login (security.md §3: 2, 4, 8, then 15 s). It decides while
+    ``auth.failed`` is emitted and leaves the delay in ``ctx.extra["failure_delay"]``."""
+    throttled = ctx.extra.pop("failure_delay", None) if ctx is not None else None
+    if isinstance(throttled, (int, float)) and throttled > 0:
+        return float(throttled)
     return random.uniform(*AUTH_FAILURE_DELAY)
 
 

@@ -234,7 +234,7 @@ class ManageSieveSession(LineSession):
                 reply = lambda: self._send(b'BYE "Too many authentication failures."\r\n', close=True)  # noqa: E731
             else:
                 reply = lambda: self._no("Authentication failed.")  # noqa: E731
-            self._delay(mailcommon.failure_delay(), reply)
+            self._delay(mailcommon.failure_delay(self.ctx), reply)
             return
         if self.services.store is None:
             self._no("No storage is configured.", "TRYLATER")

@@ -235,7 +235,7 @@ class Pop3Session(LineSession):
                 reply = lambda: self._send(b"-ERR [AUTH] Too many authentication failures.\r\n", close=True)  # noqa: E731
             else:
                 reply = lambda: self._send(b"-ERR [AUTH] Authentication failed.\r\n")  # noqa: E731
-            self._delay(mailcommon.failure_delay(), reply)
+            self._delay(mailcommon.failure_delay(self.ctx), reply)
             return
         if self.services.store is None:
             self._send(b"-ERR [SYS/TEMP] No mail store is configured.\r\n")

@@ -477,7 +477,7 @@ class SmtpSession(LineSession):
             reply = lambda: self._send(b"421 4.7.0 Too many authentication errors, disconnecting.\r\n", close=True)  # noqa: E731
         else:
             reply = lambda: self._send(b"535 5.7.8 Authentication credentials invalid.\r\n")  # noqa: E731
-        self._delay(mailcommon.failure_delay(), reply)
+        self._delay(mailcommon.failure_delay(self.ctx), reply)
 
     _HANDLERS = {
         "EHLO": _cmd_ehlo, "LHLO": _cmd_ehlo, "HELO": _cmd_helo, "QUIT": _cmd_quit, "NOOP": _cmd_noop,

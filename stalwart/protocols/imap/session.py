@@ -289,7 +289,7 @@ class ImapSession(LineSession):
                 reply = lambda: self._send(line + b"* BYE Too many authentication failures.\r\n", close=True)  # noqa: E731
             else:
                 reply = lambda: self._send(line)  # noqa: E731
-            self._delay(mailcommon.failure_delay(), reply)
+            self._delay(mailcommon.failure_delay(self.ctx), reply)
             return
         if self.services.store is None:
             self._send(f"{tag} NO [UNAVAILABLE] No mail store is configured.\r\n".encode())
