@@ -172,3 +172,11 @@ def test_effective_config_masks_password_hashes_and_url_passwords():
     out = to_json(cfg).decode()
     assert "$scrypt$" not in out and "$pbkdf2" not in out
     assert "s3cret" not in out and "redis://user:***@127.0.0.1:6379/0" in out
+
+
+def test_auto_ban_table_capacities():
+    sec = parse({}).Security
+    assert (sec.ban_table_capacity, sec.rate_counter_capacity) == (65536, 32768)
+    sec = parse({"Security": {"banTableCapacity": 1024, "rateCounterCapacity": 512}}).Security
+    assert (sec.ban_table_capacity, sec.rate_counter_capacity) == (1024, 512)
+    assert "$.Security.banTableCapacity" in err({"Security": {"banTableCapacity": 1}})

@@ -134,6 +134,11 @@ class Security(_Object):
     scan_ban_paths: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_SCAN_BAN_PATHS))
     ipv4_ban_prefix: Annotated[int, Meta(ge=8, le=32)] = 32
     ipv6_ban_prefix: Annotated[int, Meta(ge=8, le=128)] = 64
+    # (new) sizes of the shared-memory auto-ban tables; the master maps them once, so a change
+    # takes effect at the next restart. When full, the entry expiring soonest (bans) or the least
+    # recently used key (counters) goes, and an event says so.
+    ban_table_capacity: Annotated[int, Meta(ge=64, le=16_777_216)] = 65536
+    rate_counter_capacity: Annotated[int, Meta(ge=64, le=4_194_304)] = 32768
 
     set_fields: ClassVar[tuple[str, ...]] = ("scanBanPaths",)
 

@@ -181,7 +181,7 @@ class Master:
         self._shm = mmap.mmap(-1, size, flags=mmap.MAP_SHARED)
         self.table = conntable.ConnectionTable(self._shm, MAX_LISTENERS, MAX_WORKERS)
         # Auto-ban tables, mapped before any fork; persisted bans go back in (security.md §5).
-        self.security = SharedSecurity()
+        self.security = SharedSecurity(cfg.Security.ban_table_capacity, cfg.Security.rate_counter_capacity)
         self.security.load(self.access)
         self.security.join_cluster(cfg.Redis)  # Redis set: bans shared with the other nodes
         # GET /metrics counters: one row per worker slot, shared like the tables above.
@@ -564,6 +564,11 @@ class Master:
         old = self.generation
         removed = self.sockets.commit(cfg, sockets)
         self.generation = new
+        before, after = self.config.Security, cfg.Security
+        if (before.ban_table_capacity, before.rate_counter_capacity) != (after.ban_table_capacity,
+                                                                         after.rate_counter_capacity):
+            events.emit("server.reload-warning", level="warn",
+                        Details="Security.banTableCapacity/rateCounterCapacity change at the next restart")
         self.config = cfg
         self.geo.configure(cfg)
         self.acme.configure(cfg)
