@@ -15,6 +15,7 @@ Events reported by the cores, for the auto-ban layer (keys are PascalCase):
 from __future__ import annotations
 
 import email.utils
+from collections.abc import Callable
 import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -95,6 +96,42 @@ def auth_failed(ctx: SessionContext, group: str, login: str, password: str | Non
     keys = {"Credential": Credential(password)} if password is not None else {}
     events.emit("auth.failed", SpanId=ctx.span_id, ListenerId=ctx.listener, RemoteIp=ctx.remote_ip,
                 AccountName=login, Protocol=group, **keys)
+
+
+class PasswordAuth:
+    """The password check every mail core shares: off the event loop, then the failure path of
+    security.md §4 (``auth.failed`` with the masked credential, the failure count, the pause before
+    the reply — random, or the auto-ban layer's throttle — and the close at ``maxAuthFailures``).
+
+    Mixed into :class:`~stalwart.protocols.lines.LineSession` cores, which provide ``ctx``,
+    ``services``, ``event_group``, ``_block`` and ``_delay``.
+    """
+
+    auth_failures = 0
+    _login = ""
+    _credential: str | None = None
+
+    def _check_password(self, login: str, password: str, done: Callable[[AccountEntry | None], None]) -> None:
+        self._login = login
+        self._credential = password  # for the auth.failed event only, then dropped
+        self._block(authenticate, (self.services.directory, login, password),
+                    lambda account, error: self._password_checked(account, error, done), pool="cpu")
+
+    def _password_checked(self, account: AccountEntry | None, error: BaseException | None,
+                          done: Callable[[AccountEntry | None], None]) -> None:
+        credential, self._credential = self._credential, None
+        if account is not None and error is None:
+            done(account)
+            return
+        auth_failed(self.ctx, self.event_group, self._login, credential)
+        self.auth_failures += 1
+        done(None)
+
+    def _fail_auth(self, reply: Callable[[], None], last_reply: Callable[[], None]) -> None:
+        """Answer a failed login after the pause; ``last_reply`` (which closes) once the session
+        has used up ``maxAuthFailures``."""
+        final = self.auth_failures >= self.services.max_auth_failures
+        self._delay(failure_delay(self.ctx), last_reply if final else reply)
 
 
 def invalid_command(ctx: SessionContext, group: str) -> None:

@@ -33,7 +33,7 @@ def _putscript(store: SieveStore, name: str, script: bytes) -> None:
     store.put(name, script)
 
 
-class ManageSieveSession(LineSession):
+class ManageSieveSession(mailcommon.PasswordAuth, LineSession):
     event_group = "manage-sieve"
     max_line = 8192
 
@@ -220,21 +220,12 @@ class ManageSieveSession(LineSession):
         except sasl.SaslError:
             self._error(b'NO "Invalid SASL response."\r\n')
             return
-        self._login = login
-        self._credential = password  # for the auth.failed event only, then dropped
-        self._block(mailcommon.authenticate, (self.services.directory, login, password), self._auth_result,
-                    pool="cpu")
+        self._check_password(login, password, self._auth_result)
 
-    def _auth_result(self, account: AccountEntry | None, error: BaseException | None) -> None:
-        credential, self._credential = self._credential, None
-        if account is None or error is not None:
-            mailcommon.auth_failed(self.ctx, self.event_group, self._login, credential)
-            self.auth_failures += 1
-            if self.auth_failures >= self.services.max_auth_failures:
-                reply = lambda: self._send(b'BYE "Too many authentication failures."\r\n', close=True)  # noqa: E731
-            else:
-                reply = lambda: self._no("Authentication failed.")  # noqa: E731
-            self._delay(mailcommon.failure_delay(self.ctx), reply)
+    def _auth_result(self, account: AccountEntry | None) -> None:
+        if account is None:
+            self._fail_auth(lambda: self._no("Authentication failed."),
+                            lambda: self._send(b'BYE "Too many authentication failures."\r\n', close=True))
             return
         if self.services.store is None:
             self._no("No storage is configured.", "TRYLATER")

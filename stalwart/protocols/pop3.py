@@ -42,7 +42,7 @@ def multiline(data: bytes) -> bytes:
     return data + b".\r\n"
 
 
-class Pop3Session(LineSession):
+class Pop3Session(mailcommon.PasswordAuth, LineSession):
     event_group = "pop3"
     max_line = 255  # RFC 2449 §4: commands are at most 255 octets including CRLF
 
@@ -221,21 +221,12 @@ class Pop3Session(LineSession):
         self._authenticate(login, password)
 
     def _authenticate(self, login: str, password: str) -> None:
-        self._login = login
-        self._credential = password  # for the auth.failed event only, then dropped
-        self._block(mailcommon.authenticate, (self.services.directory, login, password), self._auth_result,
-                    pool="cpu")
+        self._check_password(login, password, self._auth_result)
 
-    def _auth_result(self, account: AccountEntry | None, error: BaseException | None) -> None:
-        credential, self._credential = self._credential, None
-        if account is None or error is not None:
-            mailcommon.auth_failed(self.ctx, self.event_group, self._login, credential)
-            self.auth_failures += 1
-            if self.auth_failures >= self.services.max_auth_failures:
-                reply = lambda: self._send(b"-ERR [AUTH] Too many authentication failures.\r\n", close=True)  # noqa: E731
-            else:
-                reply = lambda: self._send(b"-ERR [AUTH] Authentication failed.\r\n")  # noqa: E731
-            self._delay(mailcommon.failure_delay(self.ctx), reply)
+    def _auth_result(self, account: AccountEntry | None) -> None:
+        if account is None:
+            self._fail_auth(lambda: self._send(b"-ERR [AUTH] Authentication failed.\r\n"),
+                            lambda: self._send(b"-ERR [AUTH] Too many authentication failures.\r\n", close=True))
             return
         if self.services.store is None:
             self._send(b"-ERR [SYS/TEMP] No mail store is configured.\r\n")

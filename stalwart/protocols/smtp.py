@@ -60,7 +60,7 @@ def deliver_job(store: MailStore, header: bytes, body: bytes, accounts: list[str
     return store.deliver(message, accounts)
 
 
-class SmtpSession(LineSession):
+class SmtpSession(mailcommon.PasswordAuth, LineSession):
     event_group = "smtp"
     max_line = 4096  # RFC 5321 §4.5.3.1.4 asks for at least 512; RFC 4954 §4 AUTH lines run longer
 
@@ -460,24 +460,15 @@ class SmtpSession(LineSession):
             self._error(b"501 5.5.2 Cannot decode the response.\r\n")
             return
         self._sasl = None
-        self._login = login
-        self._credential = password  # for the auth.failed event only, then dropped
-        self._block(mailcommon.authenticate, (self.services.directory, login, password), self._auth_result,
-                    pool="cpu")
+        self._check_password(login, password, self._auth_result)
 
-    def _auth_result(self, account: AccountEntry | None, error: BaseException | None) -> None:
-        credential, self._credential = self._credential, None
-        if account is not None and error is None:
+    def _auth_result(self, account: AccountEntry | None) -> None:
+        if account is not None:
             self.account = account
             self._send(b"235 2.7.0 Authentication succeeded.\r\n")
             return
-        mailcommon.auth_failed(self.ctx, self.event_group, self._login, credential)
-        self.auth_failures += 1
-        if self.auth_failures >= self.services.max_auth_failures:
-            reply = lambda: self._send(b"421 4.7.0 Too many authentication errors, disconnecting.\r\n", close=True)  # noqa: E731
-        else:
-            reply = lambda: self._send(b"535 5.7.8 Authentication credentials invalid.\r\n")  # noqa: E731
-        self._delay(mailcommon.failure_delay(self.ctx), reply)
+        self._fail_auth(lambda: self._send(b"535 5.7.8 Authentication credentials invalid.\r\n"),
+                        lambda: self._send(b"421 4.7.0 Too many authentication errors, disconnecting.\r\n", close=True))
 
     _HANDLERS = {
         "EHLO": _cmd_ehlo, "LHLO": _cmd_ehlo, "HELO": _cmd_helo, "QUIT": _cmd_quit, "NOOP": _cmd_noop,

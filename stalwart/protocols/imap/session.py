@@ -37,7 +37,7 @@ _STORE_ACTIONS = frozenset(p + "FLAGS" + s for p in ("", "+", "-") for s in ("",
 _NOT_AUTH, _AUTH, _SELECTED = range(3)
 
 
-class ImapSession(LineSession):
+class ImapSession(mailcommon.PasswordAuth, LineSession):
     event_group = "imap"
     max_line = 8192
 
@@ -274,22 +274,13 @@ class ImapSession(LineSession):
         self._authenticate(tag, login, password)
 
     def _authenticate(self, tag: str, login: str, password: str) -> None:
-        self._login = login
-        self._credential = password  # for the auth.failed event only, then dropped
-        self._block(mailcommon.authenticate, (self.services.directory, login, password),
-                    lambda acct, err: self._auth_result(tag, acct, err), pool="cpu")
+        self._check_password(login, password, lambda account: self._auth_result(tag, account))
 
-    def _auth_result(self, tag: str, account: AccountEntry | None, error: BaseException | None) -> None:
-        credential, self._credential = self._credential, None
-        if account is None or error is not None:
-            mailcommon.auth_failed(self.ctx, self.event_group, self._login, credential)
-            self.auth_failures += 1
+    def _auth_result(self, tag: str, account: AccountEntry | None) -> None:
+        if account is None:
             line = f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n".encode()
-            if self.auth_failures >= self.services.max_auth_failures:
-                reply = lambda: self._send(line + b"* BYE Too many authentication failures.\r\n", close=True)  # noqa: E731
-            else:
-                reply = lambda: self._send(line)  # noqa: E731
-            self._delay(mailcommon.failure_delay(self.ctx), reply)
+            self._fail_auth(lambda: self._send(line),
+                            lambda: self._send(line + b"* BYE Too many authentication failures.\r\n", close=True))
             return
         if self.services.store is None:
             self._send(f"{tag} NO [UNAVAILABLE] No mail store is configured.\r\n".encode())
