@@ -34,12 +34,14 @@ class FakeLoop:
 class FakeWorker:
     def __init__(self, cfg):
         self.sessions = set()
+        self.spans = {}  # kept by the driver in a real worker
         self.access = AccessLists.build(cfg)
         self.loop = FakeLoop()
 
     def connect(self, span, ip, **kw):
         conn = FakeConn(span, ip, **kw)
         self.sessions.add(conn)
+        self.spans[span] = conn
         return conn
 
 

@@ -145,6 +145,7 @@ class Connection(asyncio.Protocol):
         self.held = True
         worker.sessions.add(self)
         self.span = worker.next_span()
+        worker.spans[self.span] = self
         worker.metrics.accepted(lr.index)
         return True
 
@@ -203,7 +204,7 @@ class Connection(asyncio.Protocol):
         try:
             hello, self.hello_want = clienthello.peek_with_hint(self.buf)
         except clienthello_errors.ClientHelloError as exc:
-            events.emit("tls.handshake-error", ListenerId=self.lr.name, LocalPort=self.local_port,
+            events.emit("tls.handshake-error", ListenerId=self.lr.name, SpanId=self.span, LocalPort=self.local_port,
                         RemoteIp=self.remote_ip, RemotePort=self.remote_port, Reason="not-tls",
                         Details=f"{exc.reason}; sent {clienthello.classify(bytes(self.buf[:64]))}")
             self.close()
@@ -216,7 +217,7 @@ class Connection(asyncio.Protocol):
         self._begin_tls(pending, hello)
 
     def _untrusted_proxy(self) -> None:
-        events.emit("network.proxy-untrusted", ListenerId=self.lr.name, LocalPort=self.local_port,
+        events.emit("network.proxy-untrusted", ListenerId=self.lr.name, SpanId=self.span, LocalPort=self.local_port,
                     RemoteIp=self.remote_ip, RemotePort=self.remote_port)
         self.close()
 
@@ -271,6 +272,7 @@ class Connection(asyncio.Protocol):
             self.held = False
             self.worker.table.release(self.lr.index, self.worker.slot)
             self.worker.sessions.discard(self)
+            self.worker.spans.pop(self.span, None)
             self.worker.session_closed()
             if self.core is not None and self.worker.trace_sessions:
                 events.emit(f"{self.core.event_group}.connection-end", SpanId=self.span,
@@ -313,7 +315,7 @@ class Connection(asyncio.Protocol):
             return  # success: _tls_established() runs from connection_made()
         reason = "timeout" if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) else \
             (str(exc) or type(exc).__name__ if exc else "cancelled")
-        events.emit("tls.handshake-error", ListenerId=self.lr.name, LocalPort=self.local_port,
+        events.emit("tls.handshake-error", ListenerId=self.lr.name, SpanId=self.span, LocalPort=self.local_port,
                     RemoteIp=self.remote_ip, RemotePort=self.remote_port, Reason=reason)
         self.tls_state = _FAILED
         self._closing = True
@@ -515,7 +517,7 @@ class Connection(asyncio.Protocol):
             self._proxy_failed(proxy_errors.TIMEOUT)
             return
         if self.stage == _GUARD_TLS:
-            events.emit("tls.handshake-error", ListenerId=self.lr.name, LocalPort=self.local_port,
+            events.emit("tls.handshake-error", ListenerId=self.lr.name, SpanId=self.span, LocalPort=self.local_port,
                         RemoteIp=self.remote_ip, RemotePort=self.remote_port, Reason="timeout")
             self.abort()
             return

@@ -206,7 +206,6 @@ class AutoBan:
             period = getattr(sec, period_f)
             self.rules[cat] = None if rate is None else (
                 int(rate.count), max(1, int(rate.period)), None if period is None else int(period), reason, event)
-        self._spans: dict[int, Connection] = {}
         self._stale: OrderedDict[bytes, list[tuple[bytes, float]]] = OrderedDict()
         self._epoch = self.bans.epoch()
         self._handlers = self._subscriptions()
@@ -257,22 +256,12 @@ class AutoBan:
         if epoch != self._epoch:
             self._epoch = epoch
             self._close_banned(None)
-        if len(self._spans) > 2 * len(self.worker.sessions) + 64:
-            self._spans = {c.span: c for c in self.worker.sessions}
 
     # -- resolving the attributed address ----------------------------------------------------
     def _by_span(self, span: Any) -> Connection | None:
-        conn = self._spans.get(span)
-        if conn is None or conn.span != span:
-            self._spans = {c.span: c for c in self.worker.sessions}
-            conn = self._spans.get(span)
-        return conn
-
-    def _by_peer(self, ip: Any, port: Any) -> Connection | None:
-        for conn in self.worker.sessions:
-            if conn.remote_ip == ip and conn.remote_port == port:
-                return conn
-        return None
+        # The driver keeps this index as connections take and release their slot: O(1) per event,
+        # so a flood of bad commands cannot make every event scan every session.
+        return self.worker.spans.get(span)
 
     def _subject(self, conn: Connection | None, ip: Any = None) -> bytes | None:
         """Packed attributed address to count, or None when it must not be counted."""
@@ -366,7 +355,7 @@ class AutoBan:
             return
         if self.rules[cat] is None:
             return
-        conn = self._by_peer(keys.get("RemoteIp"), keys.get("RemotePort"))
+        conn = self._by_span(keys.get("SpanId"))
         packed = self._subject(conn, keys.get("RemoteIp"))
         if packed is not None:
             self._count(cat, packed, conn, keys, **({"Reason": "Invalid TLS handshake"} if cat == SCAN else {}))
@@ -374,7 +363,7 @@ class AutoBan:
     def _on_untrusted_proxy(self, _event: str, keys: dict) -> None:
         if self.rules[SCAN] is None:
             return
-        conn = self._by_peer(keys.get("RemoteIp"), keys.get("RemotePort"))
+        conn = self._by_span(keys.get("SpanId"))
         packed = self._subject(conn, keys.get("RemoteIp"))
         if packed is not None:
             self._count(SCAN, packed, conn, keys, Reason="Untrusted PROXY header")

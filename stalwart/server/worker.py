@@ -88,6 +88,7 @@ class Worker:
         self.server_limit = plan.config.SystemSettings.max_connections
         self.listeners = [ListenerRuntime(lp, plan) for lp in plan.listeners]
         self.sessions: set[Connection] = set()
+        self.spans: dict[int, Connection] = {}  # SpanId -> connection, for the security layer
         self.access_path = plan.extra.get("access_db")
         self.access = self._load_access()
         # Per-worker result caches sized by the Cache object, and the DNS resolver on top of them
