@@ -237,9 +237,9 @@ def test_tls_alpn01_issue_on_the_implicit_tls_listener(pebble_factory, tmp_path)
         issued = leaf_fingerprint(os.path.join(srv.data_dir, "acme", "certs", "example.test.pem"))
         wait_for(lambda: presented_chain(tls_port, "mail.example.test")[0].fingerprint(hashes.SHA256()).hex()
                  == issued, 10, "issued certificate served")
-        # With no pending challenge an acme-tls/1 hello gets the ordinary certificate.
-        assert presented_chain(tls_port, "mail.example.test", ["acme-tls/1"])[0].fingerprint(
-            hashes.SHA256()).hex() == issued
+        # With no pending challenge an acme-tls/1 hello gets no handshake (tls.md §7.5).
+        with pytest.raises((ssl.SSLError, OSError)):
+            presented_chain(tls_port, "mail.example.test", ["acme-tls/1"])
         assert not os.listdir(os.path.join(srv.data_dir, "acme", "challenges", "tls-alpn-01"))  # cleaned up
     finally:
         srv.stop()

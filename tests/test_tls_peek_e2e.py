@@ -97,3 +97,31 @@ def test_tls_garbage_counts_as_scanning_and_bans(tls_srv):
     # banned: even a proper ClientHello from that client is now dropped before the handshake
     assert via_proxy(port, "198.51.100.66", b"\x16\x03\x01\x00\x05hello") == b""
     assert "security.ip-blocked" in srv.log()
+
+
+def test_acme_tls_alpn_without_pending_challenge_fails_the_handshake(tmp_path):
+    """tls.md §7.5: a ClientHello offering only acme-tls/1 for a name with no pending challenge gets
+    no handshake; a normal client on the same listener is unaffected."""
+    port = free_port()
+    cfg = {"SystemSettings": {"defaultHostname": "mx.example.test", "threadPoolSize": 1},
+           "NetworkListener": [listener("https", "http", port, tlsImplicit=True)]}
+    srv = Server(tmp_path, cfg).start()
+    try:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        acme = ssl.create_default_context()
+        acme.check_hostname = False
+        acme.verify_mode = ssl.CERT_NONE
+        acme.set_alpn_protocols(["acme-tls/1"])
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+            acme.wrap_socket(raw, server_hostname="nothing-pending.example.test")
+        raw.close()
+        srv.wait_log("acme.tls-alpn-error")
+        tls = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="mx.example.test")
+        tls.sendall(b"GET /healthz/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert tls.recv(100).startswith(b"HTTP/1.1 200")
+        tls.close()
+    finally:
+        srv.stop()

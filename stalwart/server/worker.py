@@ -251,10 +251,14 @@ class Worker:
     def tls_context(self, lr: ListenerRuntime, hello=None) -> ssl.SSLContext | None:
         """The context for a handshake on ``lr``; ``hello`` is the peeked ClientHello (SNI, ALPN)
         when the listener is implicit TLS, None for STARTTLS."""
-        if hello is not None and lr.acme_alpn is not None:
-            ctx = lr.acme_alpn.context_for(hello)  # an ALPN list of exactly ["acme-tls/1"]
-            if ctx is not None:
-                return ctx
+        if hello is not None and lr.acme_alpn is not None and lr.acme_alpn.wants(hello):
+            # An ALPN list of exactly ["acme-tls/1"]: the validation certificate for the SNI, or no
+            # handshake at all when nothing is pending for it (tls.md §7.5: handshake failure).
+            ctx = lr.acme_alpn.context_for(hello)
+            if ctx is None:
+                events.emit("acme.tls-alpn-error", ListenerId=lr.name, Hostname=hello.sni or "",
+                            Reason="no pending TLS-ALPN-01 challenge for this name")
+            return ctx
         store = self.plan.tls
         return store.context_for(lr.name) if store is not None else None
 

@@ -3,9 +3,10 @@
 The driver peeks the ClientHello before OpenSSL sees it and asks the worker for the handshake's
 context with it. A ClientHello whose ALPN list is **exactly** ``["acme-tls/1"]`` (RFC 8737 §3) gets
 the validation certificate stored for its SNI by the renewal helper (``ChallengeStore``), with
-ALPN ``acme-tls/1``; the connection is closed once that handshake completes. Every other
-ClientHello, and one for a name with no pending challenge, gets the listener's normal context: the
-peeked bytes are replayed unchanged into the normal handshake (tls.md §7.5 "We do better").
+ALPN ``acme-tls/1``; the connection is closed once that handshake completes. An ``acme-tls/1``
+ClientHello with no SNI or no pending challenge for its name fails the handshake (tls.md §7.5).
+Every other ClientHello gets the listener's normal context: the peeked bytes are replayed unchanged
+into the normal handshake (tls.md §7.5 "We do better").
 
 Active (tls.md §7.5, recomputed on every configuration load) on implicit-TLS HTTP listeners when an
 ``AcmeProvider`` uses ``TlsAlpn01`` or no provider exists.
@@ -27,9 +28,14 @@ class AlpnResponder:
         self.store = ChallengeStore(data_dir)
         self.listener = listener
 
-    def context_for(self, hello) -> ssl.SSLContext | None:
+    @staticmethod
+    def wants(hello) -> bool:
+        """The ClientHello's ALPN list is exactly ``["acme-tls/1"]``: a CA validating, nobody else."""
         alpn = tuple(p if isinstance(p, bytes) else str(p).encode() for p in (getattr(hello, "alpn", None) or ()))
-        if alpn != _ACME_ALPN:
+        return alpn == _ACME_ALPN
+
+    def context_for(self, hello) -> ssl.SSLContext | None:
+        if not self.wants(hello):
             return None
         if hello.sni:
             events.emit("acme.client-supplied-sni", level="debug", Hostname=hello.sni, ListenerId=self.listener)
