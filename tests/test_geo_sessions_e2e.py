@@ -57,7 +57,7 @@ def test_received_header_and_events_carry_asn_and_country(tmp_path):
                 time.sleep(0.5)
         assert message is not None, "no message carried the ASN"
         head = message.split(b"\r\n\r\n", 1)[0]
-        assert b"([198.51.100.7] (AS64500 EXAMPLE-NET, US))" in head
+        assert b"(unknown [198.51.100.7] (AS64500 EXAMPLE-NET, US))" in head
         log = srv.wait_log("Asn=64500")
         assert "Country=US" in log
     finally:

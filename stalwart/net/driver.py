@@ -9,6 +9,7 @@ re-arming on every read.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import ssl
 import time
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 
 _NONE, _HANDSHAKING, _ACTIVE, _FAILED = range(4)  # tls_state
+PTR_LOOKUP_BOUND = 2.0  # s: the longest an SMTP greeting waits for the client's PTR
 _SESSION, _PROXY, _GUARD_TLS = range(3)  # stage: where incoming bytes go
 
 proxy = load_kernel("proxy")
@@ -167,9 +169,7 @@ class Connection(asyncio.Protocol):
                 self._peek_tls(pending)
             return
         self.guard_pending = guard
-        self._start_session()
-        if pending and not self._closing:
-            self.data_received(pending)
+        self._open_session(None, pending)
 
     def _guard(self, data: bytes) -> bytes:
         """First bytes from an untrusted client (step 7): a PROXY signature closes the connection
@@ -339,7 +339,7 @@ class Connection(asyncio.Protocol):
             self.close()  # TLS-ALPN-01 validation (RFC 8737 §3): the handshake is the whole exchange
             return
         if self.core is None:
-            self._start_session(sni)
+            self._open_session(sni, b"")
         else:
             self.core.ctx.extra["sni"] = sni
             self.core.ctx.extra["tls_source"] = "handshake"
@@ -365,7 +365,38 @@ class Connection(asyncio.Protocol):
         except OSError as exc:
             events.emit("network.set-opt-error", Reason=exc.strerror or str(exc), Details=self.lr.name)
 
-    def _start_session(self, sni: str | None = None) -> None:
+    def _open_session(self, sni: str | None, pending: bytes) -> None:
+        """Start the session, after the client's forward-confirmed PTR on SMTP listeners.
+
+        The lookup (services.md: through the worker's resolver and its dnsPtr cache) runs only for
+        globally routable clients and is bounded by PTR_LOOKUP_BOUND, so the greeting is never held
+        longer; reading is paused meanwhile and early bytes wait in ``pending``."""
+        worker = self.worker
+        if (self.lr.ptr_lookup and not self.exempt and worker.dns is not None
+                and ipaddress.ip_address(self.packed).is_global):
+            self.transport.pause_reading()
+            worker.loop.create_task(self._ptr_then_session(sni, pending))
+            return
+        self._start_session(sni)
+        if pending and not self._closing:
+            self.data_received(pending)
+
+    async def _ptr_then_session(self, sni: str | None, pending: bytes) -> None:
+        try:
+            ptr = await asyncio.wait_for(self.worker.dns.verified_ptr(self.remote_ip), PTR_LOOKUP_BOUND)
+        except (asyncio.TimeoutError, OSError, ValueError):
+            ptr = None  # unknown: the Received: header says so, the session goes on
+        except Exception as exc:  # noqa: BLE001 - a resolver fault must not cost the client its session
+            events.emit("dns.ptr-error", level="warn", RemoteIp=self.remote_ip, Reason=repr(exc))
+            ptr = None
+        if self._closing or self.transport is None:
+            return
+        self.transport.resume_reading()
+        self._start_session(sni, ptr)
+        if pending and not self._closing:
+            self.data_received(pending)
+
+    def _start_session(self, sni: str | None = None, ptr: str | None = None) -> None:
         lr = self.lr
         ctx = SessionContext(
             hostname=self.worker.hostname, listener=lr.name, protocol=lr.protocol,
@@ -398,6 +429,8 @@ class Connection(asyncio.Protocol):
                              packed=self.packed, exempt=self.exempt, counters=self.worker.autoban.counters,
                              metrics=self.worker.metrics.table,
                              certificate_for=getattr(self.worker.plan.tls, "resolve_certificate", None))
+        if ptr:
+            ctx.extra["ptr"] = ptr.rstrip(".")  # services.md §3: the PTR name without its trailing dot
         geo = self.worker.geo
         info = geo.lookup(self.packed) if geo is not None and not self.exempt else None
         if info is not None:
@@ -569,6 +602,8 @@ class Connection(asyncio.Protocol):
         if self.tls_state == _HANDSHAKING:
             # The TLS layer enforces tlsTimeout itself; this is the backstop if it did not.
             return self.last_active + self.lr.tls_timeout + 5.0
+        if self.core is None:
+            return self.last_active + PTR_LOOKUP_BOUND + 5.0  # the PTR lookup's backstop
         return self.last_active + self.core.idle_timeout_ms / 1000.0
 
 

@@ -386,7 +386,8 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
         geo = ctx.extra.get("geo")
         asn = geo.received_comment() if geo is not None else ""
         asn = f" ({asn})" if asn else ""  # services.md §3: "[ip] (AS64500 EXAMPLE-NET, US)"
-        return (f"Received: from {helo} ([{ctx.remote_ip}]{asn}){tls}\r\n\tby {ctx.hostname} (Stalwart) "
+        ptr = ctx.extra.get("ptr") or "unknown"  # forward-confirmed, looked up by the driver
+        return (f"Received: from {helo} ({ptr} [{ctx.remote_ip}]{asn}){tls}\r\n\tby {ctx.hostname} (Stalwart) "
                 f"with {proto}{for_};\r\n\t").encode("utf-8", "replace")
 
     def _delivered(self, outcome: dict | None, error: BaseException | None) -> None:

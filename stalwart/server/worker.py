@@ -49,7 +49,7 @@ class ListenerRuntime:
     """A listener as one worker sees it: limits, TLS mode and its session constructor."""
 
     __slots__ = ("name", "index", "cfg", "protocol", "limit", "implicit_tls", "starttls", "tls_timeout",
-                 "factory", "sockets", "trust", "proxy_optional", "acme_alpn")
+                 "factory", "sockets", "trust", "proxy_optional", "acme_alpn", "ptr_lookup")
 
     def __init__(self, plan: ListenerPlan, gen: GenerationPlan):
         cfg = plan.cfg
@@ -71,6 +71,8 @@ class ListenerRuntime:
             for net in networks:
                 self.trust.add_text(str(net))
         self.proxy_optional = cfg.protocol == "http" and gen.config.Http.use_x_forwarded
+        # SMTP puts the client's forward-confirmed PTR in Received: (services.md §3); LMTP peers are local.
+        self.ptr_lookup = cfg.protocol == "smtp"
         # TLS-ALPN-01 (tls.md §7.5): implicit-TLS HTTP listeners answer acme-tls/1 ClientHellos.
         self.acme_alpn = tls_alpn_responder(gen.config, cfg, gen.extra.get("data_dir"))
 
