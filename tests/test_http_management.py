@@ -113,6 +113,23 @@ def test_geo_lookup(control):
     assert call("GET", "/api/geo/198.51.100.7").status == 401
 
 
+def test_dns_lookup_runs_in_the_worker(control):
+    asked = []
+
+    def lookup(rtype, name, timeout):
+        asked.append((rtype, name))
+        return {"ok": True, "type": rtype.upper(), "name": name, "result": ["192.0.2.1"], "cache": "dnsIpv4",
+                "cached": True, "negative": False, "weight": 120, "ttl": 299.5}
+
+    reply = call("GET", "/api/dns/a/mx.example.org", authorization=auth(), dns_lookup=lookup)
+    assert reply.status == 200 and reply.json()["cached"] is True and reply.json()["result"] == ["192.0.2.1"]
+    assert asked == [("a", "mx.example.org")] and all(c[0] != "dns.lookup" for c in control)
+    bad = call("GET", "/api/dns/a/x", authorization=auth(),
+               dns_lookup=lambda *a: {"ok": False, "status": 400, "error": "unsupported type"})
+    assert bad.status == 400
+    assert call("GET", "/api/dns/a", authorization=auth(), dns_lookup=lookup).status == 400
+
+
 def test_reload(control):
     reply = call("POST", "/api/reload", authorization=auth())
     assert reply.status == 200 and reply.json() == {"message": "generation 4"}

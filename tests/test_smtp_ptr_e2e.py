@@ -69,3 +69,44 @@ def test_received_header_carries_the_verified_ptr(tmp_path):
     finally:
         srv.stop()
         unbound.stop()
+
+
+def test_management_api_dns_lookup_with_cache_state(tmp_path):
+    """GET /api/dns/<TYPE>/<name>: the lookup runs through the worker's resolver and caches; the
+    second answer comes from the cache, with its remaining TTL."""
+    import base64
+    import http.client
+    import json
+
+    if shutil.which("unbound") is None and not os.path.exists("/usr/sbin/unbound"):
+        pytest.skip("unbound is not installed (scripts/test-deps installs it)")
+    from dns_harness import Unbound
+
+    dns_dir = tmp_path / "dns"
+    dns_dir.mkdir()
+    unbound = Unbound(dns_dir, ["mail.client.test. 300 IN A 192.0.2.25"], zones=("client.test.",)).start()
+    port = free_port()
+    cfg = {
+        "SystemSettings": {"defaultHostname": "mx.example.test", "threadPoolSize": 1},
+        "DnsResolver": {"@type": "Custom", "servers": [{"address": "127.0.0.1", "port": unbound.port}]},
+        "NetworkListener": [listener("http", "http", port)],
+        "Domain": [{"name": "example.org"}],
+        "Account": [{"name": "admin", "secret": hash_password("s3cret", ln=4), "emails": ["admin@example.org"]}],
+        "Http": {"administrators": ["admin"]},
+    }
+    srv = Server(tmp_path / "srv", cfg).start()
+    auth = {"Authorization": "Basic " + base64.b64encode(b"admin:s3cret").decode()}
+    try:
+        answers = []
+        for _ in range(2):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            conn.request("GET", "/api/dns/A/mail.client.test", headers=auth)
+            resp = conn.getresponse()
+            assert resp.status == 200, resp.read()
+            answers.append(json.loads(resp.read()))
+            conn.close()
+        assert "192.0.2.25" in json.dumps(answers[0]["result"])
+        assert answers[1]["cached"] is True and answers[1]["cache"] == "dnsIpv4" and 0 < answers[1]["ttl"] <= 300
+    finally:
+        srv.stop()
+        unbound.stop()

@@ -426,6 +426,7 @@ class Connection(asyncio.Protocol):
             # (security.md §7), through these callables: the worker swaps in new lists when they
             # change, and the core must not hold them or know the worker.
             ctx.extra.update(is_blocked=self._client_blocked, is_allowed=self._client_allowed,
+                             dns_lookup=self._dns_lookup,
                              packed=self.packed, exempt=self.exempt, counters=self.worker.autoban.counters,
                              metrics=self.worker.metrics.table,
                              certificate_for=getattr(self.worker.plan.tls, "resolve_certificate", None))
@@ -452,6 +453,18 @@ class Connection(asyncio.Protocol):
         """A request's client address is on the block list or under a live ban, and not allowed."""
         worker = self.worker
         return worker.access.is_blocked(packed) or worker.autoban.is_banned(packed)
+
+    def _dns_lookup(self, rtype: str, name: str, timeout: float) -> dict:
+        """From a pool thread (the management API): run a lookup on this worker's loop, through its
+        resolver and caches, and wait for it."""
+        from ..services.dns.commands import describe
+
+        future = asyncio.run_coroutine_threadsafe(describe(self.worker.dns, rtype, name), self.worker.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            return {"ok": False, "status": 504, "error": "the lookup did not finish in time"}
 
     def _client_allowed(self, packed: bytes) -> bool:
         return self.worker.access.is_allowed(packed)

@@ -15,6 +15,7 @@ POST     ``/api/blocked-ip``              add ``{"address", "reason"?, "expiresA
 DELETE   ``/api/blocked-ip/<address>``    remove (a CIDR's ``/`` may be written as is or ``%2F``)
 POST     ``/api/reload``                  reload the configuration (same as SIGHUP)
 GET      ``/api/geo/<address>``           ASN and country of an address (the ``Asn`` object's tables)
+GET      ``/api/dns/<TYPE>/<name>``       a lookup through this worker's resolver, with its cache state
 GET      ``/metrics``                     Prometheus text exposition format 0.0.4
 =======  ===============================  ==========================================================
 
@@ -49,6 +50,7 @@ KINDS = {"blocked-ip": "blocked", "allowed-ip": "allowed"}
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 CONTROL_TIMEOUT = 10.0
 RELOAD_TIMEOUT = 120.0
+DNS_TIMEOUT = 15.0  # the resolver bounds each lookup itself (timeout × attempts); this is the backstop
 _AUTH_FAILED = object()
 _CHALLENGE = ("WWW-Authenticate", 'Basic realm="stalwart", charset="UTF-8"')
 
@@ -166,9 +168,11 @@ class ManagementApi:
                 return result
             return render(result)
 
-        return Deferred(self._run, (user, password, calls, ctx.extra.get("counters")), finish)
+        return Deferred(self._run, (user, password, calls, ctx.extra.get("counters"), ctx.extra.get("dns_lookup")),
+                        finish)
 
-    def _run(self, user: str, password: str, calls: list[Call], counters: Any) -> Any:
+    def _run(self, user: str, password: str, calls: list[Call], counters: Any,
+             dns_lookup: Callable[[str, str, float], dict] | None = None) -> Any:
         """In a thread: the key derivation, the authenticated rate limit, then the control round trips."""
         acct = self.directory.authenticate(user, password)
         if acct is None or acct.name.lower() not in self.admins:
@@ -178,7 +182,14 @@ class ManagementApi:
         limited = self.limits.check_authenticated(counters, acct.name, int(time.monotonic() * 1000))
         if limited is not None:
             return limited
-        return [control_request(self.data_dir, cmd, timeout=timeout, **args) for cmd, args, timeout in calls]
+        out = []
+        for cmd, args, timeout in calls:
+            if cmd == "dns.lookup":  # answered by this worker's resolver, not the master
+                out.append(dns_lookup(args["type"], args["name"], timeout) if dns_lookup is not None
+                           else {"ok": False, "status": 503, "error": "no resolver in this process"})
+            else:
+                out.append(control_request(self.data_dir, cmd, timeout=timeout, **args))
+        return out
 
     # -- routes ------------------------------------------------------------------------------
     def _plan(self, req: Request, ctx: SessionContext) -> tuple[list[Call], Callable[[list[dict]], Response]] | Response:
@@ -205,6 +216,14 @@ class ManagementApi:
                 return _allow("POST")
             return [("reload", {}, RELOAD_TIMEOUT)], _reloaded
         segment, _, rest = path[len("/api/"):].partition("/")
+        if segment == "dns" and rest:
+            # services.md §1: a lookup through this worker's resolver and caches, with cache state
+            if method != "GET":
+                return _allow("GET, HEAD")
+            rtype, _, name = rest.partition("/")
+            if not rtype or not name:
+                return problem(400, "use /api/dns/<TYPE>/<name>")
+            return [("dns.lookup", {"type": rtype, "name": name}, DNS_TIMEOUT)], _dns
         if segment == "geo" and rest:
             # services.md §3: the ASN and country the master's tables give for an address
             if method != "GET":
@@ -248,6 +267,13 @@ def _failed(reply: dict) -> Response:
     if "comes from the configuration file" in error:
         return problem(409, error)
     return problem(400, error)
+
+
+def _dns(replies: list[dict]) -> Response:
+    reply = replies[0]
+    if not reply.get("ok"):
+        return problem(reply.get("status", 502), reply.get("error", "lookup failed"))
+    return _json(200, {k: v for k, v in reply.items() if k != "ok"})
 
 
 def _geo(replies: list[dict]) -> Response:

@@ -45,6 +45,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+async def describe(resolver, rtype: str, name: str) -> dict:
+    """One lookup through ``resolver`` and its caches, as JSON-ready data with the cache state of
+    the answer (for the management API; services.md §1: operators see what is cached)."""
+    from .client import DnsError
+
+    try:
+        result = await resolver.lookup(rtype, name)
+    except ValueError as exc:
+        return {"ok": False, "status": 400, "error": str(exc)}
+    except DnsError as exc:
+        return {"ok": False, "status": 502, "error": str(exc)}
+    return {"ok": True, "type": rtype.upper(), "name": name, "result": _plain(result),
+            **resolver.cache_state(rtype, name)}
+
+
 def run(args) -> int:
     from ...config import default_bytes, load, parse_bytes
     from ...events import configure
