@@ -193,6 +193,7 @@ def dec_hook(type_: type, obj: Any) -> Any:
         return HostName(parse_hostname(obj))
     if type_ is UtcDateTime:
         return UtcDateTime(parse_utc(obj))
+    # msgspec's hook protocol: NotImplementedError means "not a type this hook handles".
     raise NotImplementedError(f"no decoder for {type_!r}")
 
 
@@ -205,6 +206,7 @@ def enc_hook(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, (SocketAddr, IpMask)):
         return str(obj)
+    # msgspec's hook protocol, as above.
     raise NotImplementedError(f"cannot encode {type(obj)!r}")
 
 
