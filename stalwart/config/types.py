@@ -193,7 +193,7 @@ def dec_hook(type_: type, obj: Any) -> Any:
         return HostName(parse_hostname(obj))
     if type_ is UtcDateTime:
         return UtcDateTime(parse_utc(obj))
-    # msgspec's hook protocol: NotImplementedError means "not a type this hook handles".
+    # msgspec's hook protocol: raising this error means "not a type this hook handles".
     raise NotImplementedError(f"no decoder for {type_!r}")
 
 
