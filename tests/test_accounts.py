@@ -158,3 +158,22 @@ def test_cli_account_add_password_stdin(tmp_path):
     res = subprocess.run(cmd[:3] + ["account", "add", "x", "--email", "x@y.org", "--password-stdin"],
                          input=b"pw\n", capture_output=True, cwd=ROOT, timeout=60)
     assert res.returncode == 2 and b"--config" in res.stderr
+
+
+def test_sasl_exchange_plain_and_login():
+    import base64
+
+    from stalwart.accounts import sasl
+
+    b64 = lambda s: base64.b64encode(s.encode())  # noqa: E731
+    plain = sasl.SaslExchange("PLAIN")
+    assert plain.first_challenge == ""
+    assert plain.step(b64("\0jane\0pw")) == ("jane", "pw")
+    login = sasl.SaslExchange("LOGIN")
+    assert login.first_challenge == sasl.LOGIN_USERNAME
+    assert login.step(b64("jane")) == sasl.LOGIN_PASSWORD
+    assert login.step(b64("pw")) == ("jane", "pw")
+    with pytest.raises(sasl.SaslCancelled):
+        sasl.SaslExchange("LOGIN").step(b"*")
+    with pytest.raises(sasl.SaslError):
+        sasl.SaslExchange("PLAIN").step(b"!!not base64!!")

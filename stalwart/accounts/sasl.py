@@ -69,3 +69,32 @@ def encode_plain(login: str, password: str) -> str:
 def decode_login_field(response: bytes) -> str:
     """One step of LOGIN: the user name or the password."""
     return _text(response)
+
+
+class SaslExchange:
+    """The server side of one PLAIN (RFC 4616) or LOGIN exchange, whatever the protocol framing.
+
+    Feed each base64 client response to :meth:`step`: it returns the next challenge to send (the
+    base64 prompt LOGIN asks for the password with) or the ``(login, password)`` pair once the
+    exchange is complete. Raises :class:`SaslCancelled` (``*``) or :class:`SaslError`.
+    """
+
+    __slots__ = ("mechanism", "user")
+
+    def __init__(self, mechanism: str):
+        self.mechanism = mechanism
+        self.user: str | None = None
+
+    @property
+    def first_challenge(self) -> str:
+        """What the server sends when the client gave no initial response (PLAIN: empty)."""
+        return "" if self.mechanism == "PLAIN" else LOGIN_USERNAME
+
+    def step(self, response: bytes | str) -> tuple[str, str] | str:
+        raw = b64decode(response)
+        if self.mechanism == "PLAIN":
+            return decode_plain(raw)
+        if self.user is None:
+            self.user = decode_login_field(raw)
+            return LOGIN_PASSWORD
+        return self.user, decode_login_field(raw)

@@ -57,7 +57,7 @@ class Pop3Session(mailcommon.PasswordAuth, LineSession):
         self.auth_failures = 0
         self.user: str | None = None
         self.account: AccountEntry | None = None
-        self._sasl: tuple[str, str | None] | None = None
+        self._sasl: sasl.SaslExchange | None = None
         self._login = ""
         self._credential: str | None = None
         self.maildir: Maildir | None = None
@@ -191,24 +191,15 @@ class Pop3Session(mailcommon.PasswordAuth, LineSession):
         if mech not in sasl.MECHANISMS:
             self._error(b"-ERR Unsupported mechanism.\r\n")
             return
-        self._sasl = (mech, None)
+        self._sasl = sasl.SaslExchange(mech)
         if initial:
             self._sasl_response(initial.encode())
         else:
-            self._send(b"+ \r\n" if mech == "PLAIN" else f"+ {sasl.LOGIN_USERNAME}\r\n".encode())
+            self._send(f"+ {self._sasl.first_challenge}\r\n".encode())
 
     def _sasl_response(self, line: bytes) -> None:
-        mech, user = self._sasl
         try:
-            raw = sasl.b64decode(line)
-            if mech == "PLAIN":
-                login, password = sasl.decode_plain(raw)
-            elif user is None:
-                self._sasl = (mech, sasl.decode_login_field(raw))
-                self._send(f"+ {sasl.LOGIN_PASSWORD}\r\n".encode())
-                return
-            else:
-                login, password = user, sasl.decode_login_field(raw)
+            step = self._sasl.step(line)
         except sasl.SaslCancelled:
             self._sasl = None
             self._send(b"-ERR Authentication cancelled.\r\n")
@@ -217,8 +208,11 @@ class Pop3Session(mailcommon.PasswordAuth, LineSession):
             self._sasl = None
             self._error(b"-ERR Invalid SASL response.\r\n")
             return
+        if isinstance(step, str):  # LOGIN asks for the password next
+            self._send(f"+ {step}\r\n".encode())
+            return
         self._sasl = None
-        self._authenticate(login, password)
+        self._authenticate(*step)
 
     def _authenticate(self, login: str, password: str) -> None:
         self._check_password(login, password, self._auth_result)

@@ -86,7 +86,7 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
         self.errors = 0
         self.rcpt_errors = 0
         self.auth_failures = 0
-        self._sasl: tuple[str, str | None] | None = None  # (mechanism, LOGIN user name once known)
+        self._sasl: sasl.SaslExchange | None = None
         self._login = ""
         self._credential: str | None = None
         self._reset_transaction()
@@ -432,26 +432,15 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
         if mech not in sasl.MECHANISMS:
             self._error(b"504 5.5.4 Mechanism not supported.\r\n")
             return
-        self._sasl = (mech, None)
+        self._sasl = sasl.SaslExchange(mech)
         if initial:
             self._sasl_response(initial)
-        elif mech == "PLAIN":
-            self._send(b"334 \r\n")
         else:
-            self._send(f"334 {sasl.LOGIN_USERNAME}\r\n".encode())
+            self._send(f"334 {self._sasl.first_challenge}\r\n".encode())
 
     def _sasl_response(self, line: bytes) -> None:
-        mech, user = self._sasl
         try:
-            raw = sasl.b64decode(line)
-            if mech == "PLAIN":
-                login, password = sasl.decode_plain(raw)
-            elif user is None:
-                self._sasl = (mech, sasl.decode_login_field(raw))
-                self._send(f"334 {sasl.LOGIN_PASSWORD}\r\n".encode())
-                return
-            else:
-                login, password = user, sasl.decode_login_field(raw)
+            step = self._sasl.step(line)
         except sasl.SaslCancelled:
             self._sasl = None
             self._send(b"501 5.7.0 Authentication cancelled.\r\n")
@@ -460,8 +449,11 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
             self._sasl = None
             self._error(b"501 5.5.2 Cannot decode the response.\r\n")
             return
+        if isinstance(step, str):  # LOGIN asks for the password next
+            self._send(f"334 {step}\r\n".encode())
+            return
         self._sasl = None
-        self._check_password(login, password, self._auth_result)
+        self._check_password(*step, self._auth_result)
 
     def _auth_result(self, account: AccountEntry | None) -> None:
         if account is not None:
