@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import free_port, wait_port
+
 MINIMAL = r'''
 import asyncio, sys
 class P(asyncio.Protocol):
@@ -37,23 +39,6 @@ except ImportError:
     pass
 asyncio.run(main(int(sys.argv[1])))
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 async def turned_away(port: int, seconds: float, concurrency: int, send_header: bool) -> tuple[int, int]:

@@ -19,11 +19,12 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import free_port, wait_port
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from stalwart.tools.loadgen import run_load  # noqa: E402
@@ -47,23 +48,6 @@ if sys.argv[2] == "uvloop":
     uvloop.install()
 asyncio.run(main(int(sys.argv[1])))
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def measure(port: int, seconds: float, concurrency: int) -> tuple[float, int]:

@@ -21,6 +21,8 @@ import signal
 import socket
 import time
 
+from benchlib import free_port
+
 
 def listen_socket(port: int, reuseport: bool) -> socket.socket:
     s = socket.socket()
@@ -55,12 +57,6 @@ def spawn(sock, port, delay, close=()):
         finally:
             os._exit(0)
     return pid
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(layout: str, scenario: str, clients: int, delay: float) -> tuple[int, int]:
