@@ -122,3 +122,13 @@ def recv_line(sock: socket.socket, timeout: float = 5.0) -> bytes:
             break
         buf += chunk
     return buf
+
+
+def client_ctx():
+    """A TLS client context that accepts the server's self-signed test certificates."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx

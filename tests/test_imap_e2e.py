@@ -1,19 +1,11 @@
 """IMAP through a real stalwartd: smtplib delivers, imaplib lists, fetches, flags and expunges."""
 import imaplib
 import smtplib
-import ssl
 
 import pytest
 
-from harness import Server, free_port, listener
+from harness import Server, client_ctx, free_port, listener
 from stalwart.accounts import hash_password
-
-
-def client_ctx():
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 @pytest.fixture(scope="module")

@@ -5,21 +5,13 @@ import shutil
 import signal
 import smtplib
 import socket
-import ssl
 import subprocess
 import time
 
 import pytest
 
-from harness import Server, free_port, listener, recv_line
+from harness import Server, client_ctx, free_port, listener, recv_line
 from stalwart.accounts import hash_password
-
-
-def client_ctx():
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def mail_config(ports, **extra):

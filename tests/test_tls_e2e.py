@@ -3,20 +3,12 @@ import imaplib
 import poplib
 import smtplib
 import socket
-import ssl
 import subprocess
 import time
 
 import pytest
 
-from harness import Server, free_port, listener, recv_line
-
-
-def client_ctx():
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+from harness import Server, client_ctx, free_port, listener, recv_line
 
 
 @pytest.fixture(scope="module")
