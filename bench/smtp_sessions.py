@@ -5,7 +5,8 @@ Every server runs in this same invocation on loopback under the same client
 so the ratios hold even though absolute figures on a shared 2-core machine drift. The peers:
 
 * ``aiosmtpd-maildir``: aiosmtpd (pip) with its ``Mailbox`` handler writing each message into a
-  Maildir (Python's ``mailbox.Maildir``: tmp/ then rename, **no fsync**);
+  Maildir (Python's ``mailbox.Maildir.add``: tmp/, ``fsync`` of the file on the event loop, then
+  link into new/; the directory is not fsynced, so the new name is not durable before the ``250``);
 * ``aiosmtpd-sink``: aiosmtpd with a handler that accepts and discards (its protocol cost alone);
 * ``stalwartd xN``: the real server with N workers, every message fsynced into the recipient's
   Maildir before the ``250`` (file and directory), plus its full connection pipeline;
