@@ -111,19 +111,28 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HEADER_VALUE = re.compile(r"^(?:[\x21-\x7e\x80-\xff](?:[ \t\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?$")
 
 
+def http_status(value: Any) -> int | None:
+    """An expression result as an HTTP status: an integer 100-599 or its decimal text, else None."""
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) == 3:
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+        return value
+    return None
+
+
 def _allowed_endpoints(expr: dict) -> None:
-    """Only the constant form ``{"else": "<status>"}`` is evaluated (http.md §1). A conditional
-    expression is refused instead of ignored: it exists to restrict access, and silently serving
-    everything would be the opposite of what the operator wrote."""
+    """``{"match": [{"if", "then"}...], "else"}`` (http.md §1), compiled here so that a mistake is a
+    load error naming the field and the column; :class:`HttpService` compiles it again per load.
+    A ``then`` or ``else`` that is a literal must be an HTTP status."""
+    from .expr import HTTP_VARIABLES, compile_conditional
+
     path = "$.Http.allowedEndpoints"
-    extra = [k for k in expr if k != "else" and not (k == "match" and not expr[k])]
-    if extra:
-        raise ConfigError(f"{path}.{extra[0]}", "conditional expressions are not supported; "
-                          'use a constant {"else": "<HTTP status>"}')
-    status = str(expr.get("else", "200")).strip()
-    if not (status.isdigit() and 100 <= int(status) <= 599):
-        raise ConfigError(f"{path}.else", f"{expr.get('else')!r} is not an HTTP status")
-    expr["else"] = status
+    expr.setdefault("else", "200")
+    cond = compile_conditional(expr, HTTP_VARIABLES, path)
+    values = [(then, f"{path}.match[{i}].then") for i, (_if, then, _p) in enumerate(cond.branches)]
+    for value, p in [*values, (cond.otherwise, f"{path}.else")]:
+        if value is not None and value.is_literal and http_status(value.literal) is None:
+            raise ConfigError(p, f"{value.text!r} is not an HTTP status (100-599)")
 
 
 def validate(cfg: Config) -> None:

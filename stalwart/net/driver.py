@@ -403,6 +403,8 @@ class Connection(asyncio.Protocol):
             remote_ip=self.remote_ip, remote_port=self.remote_port, local_port=self.local_port,
             tls_available=lr.starttls, tls_active=lr.implicit_tls, span_id=self.span, started=self.started,
         )
+        local = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        ctx.extra["local_ip"] = local[0] if local else ""  # the `local_ip` expression variable
         if lr.implicit_tls and self.transport is not None:
             obj = self.transport.get_extra_info("ssl_object")
             if obj is not None:

@@ -3,6 +3,7 @@
 1. attributed client address (forwarding headers from trusted proxies only, security.md §7);
 2. block check on that address → ``403`` problem JSON;
 3. banned-path check on the normalised path (security.md §6);
+   then ``Http.allowedEndpoints`` (an expression, config/expr.py; loopback exempt);
 4. routing: health, autoconfig and autodiscover (http.md §2), ``OPTIONS`` on ``/.well-known/``.
 
 One :class:`HttpService` per listener and configuration load: it holds everything that does not
@@ -24,6 +25,14 @@ from ... import events
 from ..._fast import load as load_kernel
 from ...config import Config
 from ...config import hostname as config_hostname
+from ...config.expr import (
+    HTTP_VARIABLES,
+    Conditional,
+    EvalError,
+    Lookup,
+    compile_conditional,
+)
+from ...config.loader import http_status
 from ...services.acme.challenges import HTTP_PREFIX as ACME_CHALLENGE_PREFIX
 from ...services.acme.challenges import ChallengeStore, http01_route_active
 from ..base import SessionContext
@@ -78,6 +87,45 @@ def _allow(methods: str) -> Response:
     return resp
 
 
+class HttpVariables:
+    """The ``Http.*`` expression variables of one request (config/expr.py ``HTTP_VARIABLES``),
+    computed only when an expression reads them."""
+
+    __slots__ = ("client", "ctx", "headers", "method", "path", "target")
+
+    def __init__(self, ctx: SessionContext, client: ClientAddress, method: str, target: str, path: str,
+                 headers: list[tuple[bytes, bytes]]):
+        self.ctx, self.client, self.method, self.target, self.path, self.headers = \
+            ctx, client, method, target, path, headers
+
+    def __getitem__(self, name: str):
+        ctx = self.ctx
+        if name in ("path", "url_path"):
+            return self.path
+        if name == "remote_ip":
+            return self.client.ip  # the attributed address, as the block check sees it
+        if name == "url":
+            return self.target
+        if name == "method":
+            return self.method
+        if name == "headers":
+            return Lookup({k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers})
+        if name == "remote_port":
+            return ctx.remote_port
+        if name == "local_port":
+            return ctx.local_port
+        if name == "local_ip":
+            ip = ctx.extra.get("local_ip", "")
+            return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip  # as remote_ip: mapped v4 is v4
+        if name == "is_tls":
+            return ctx.tls_active
+        if name == "listener":
+            return ctx.listener
+        if name == "protocol":
+            return ctx.protocol
+        raise KeyError(name)
+
+
 class HttpService:
     """Request processing for one HTTP listener under one configuration."""
 
@@ -93,7 +141,13 @@ class HttpService:
         self.pacc = Response(resp.status, resp.body, resp.content_type, [*resp.headers, *CORS])
         self.banned = BannedPaths(cfg.Security.scan_ban_paths)
         self.use_x_forwarded = cfg.Http.use_x_forwarded
-        self.endpoint_status = int(cfg.Http.allowed_endpoints.get("else", 200))
+        # http.md §1 step 4. The default and any constant form cost one comparison per request.
+        self.endpoints: Conditional | None = compile_conditional(
+            cfg.Http.allowed_endpoints, HTTP_VARIABLES, "$.Http.allowedEndpoints")
+        constant = http_status(self.endpoints.constant)
+        self.endpoint_status = constant or 200
+        if constant is not None:
+            self.endpoints = None
         # The effective trust list of each listener: its override replaces the system list.
         self.trust = _ip_set(cfg.SystemSettings.proxy_trusted_networks)
         self.trust_by_listener = {lst.name: _ip_set(lst.override_proxy_trusted_networks)
@@ -181,12 +235,31 @@ class HttpService:
                 resp = problem(403)
                 resp.close = True
                 return resp
-        if self.endpoint_status != 200 and not _is_loopback(client.packed):
+        if (self.endpoints is not None or self.endpoint_status != 200) and not _is_loopback(client.packed):
             # http.md §1 step 4: Http.allowedEndpoints, loopback judged on the attributed address.
-            return problem(self.endpoint_status, "Access to this endpoint is not allowed.")
+            status = self.endpoint_status if self.endpoints is None else \
+                self.endpoint_decision(HttpVariables(ctx, client, method, target, path, headers), ctx)
+            if status != 200:
+                return problem(status, "Access to this endpoint is not allowed.")
         req = Request(method, target, headers, body, path, dict(parse_qsl(query.split("#", 1)[0])) if query else {},
                       client.ip, client.exempt, client.packed, now)
         return self.route(req, ctx)
+
+    def endpoint_decision(self, env: HttpVariables, ctx: SessionContext) -> int:
+        """The status ``Http.allowedEndpoints`` gives one request. A branch whose evaluation fails
+        does not match (an ``eval.error`` event says why); when even ``else`` yields no status the
+        request is refused with 403: the expression exists to restrict access."""
+        def failed(path: str, exc: EvalError) -> None:
+            events.emit("eval.error", level="warn", SpanId=ctx.span_id, ListenerId=ctx.listener, Path=path,
+                        Reason=str(exc))
+
+        result = self.endpoints.evaluate(env, failed)
+        status = http_status(result)
+        if status is None:
+            if result is not None:
+                failed("$.Http.allowedEndpoints", EvalError(f"{result!r} is not an HTTP status"))
+            return 403
+        return status
 
     def _limit_anonymous(self, req: Request, ctx: SessionContext) -> Response | None:
         if req.client_exempt:
