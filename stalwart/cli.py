@@ -89,6 +89,18 @@ def cli_main(argv: list[str] | None = None) -> int:
                           help="an address the account receives (repeatable); its domain becomes local")
     acct_add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     acct_add.add_argument("--scheme", choices=["scrypt", "pbkdf2-sha256"], default="scrypt")
+    keys = sub.add_parser("api-key", help="bearer tokens for the management API in --config FILE (live after a reload)")
+    _common(keys, suppress=True)
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_add = key_actions.add_parser("add", help="create a token for ACCOUNT; it is printed once, only its hash is kept")
+    _common(key_add, suppress=True)
+    key_add.add_argument("account")
+    key_add.add_argument("--description", help="what the key is for")
+    key_add.add_argument("--expires", metavar="RFC3339", help='e.g. "2027-01-01T00:00:00Z"; default: never')
+    _common(key_actions.add_parser("list", help="show the keys (never the tokens)"), suppress=True)
+    key_rm = key_actions.add_parser("remove", help="delete a key by its id")
+    _common(key_rm, suppress=True)
+    key_rm.add_argument("id")
     dns = sub.add_parser("dns-records", help="print the autoconfig DNS records to publish for DOMAIN")
     _common(dns, suppress=True)
     dns.add_argument("domain")
@@ -153,6 +165,8 @@ def cli_main(argv: list[str] | None = None) -> int:
         return _dns_records(args)
     if command == "account":
         return _account(args)
+    if command == "api-key":
+        return _api_key(args)
     if command in ("blocked", "allowed"):
         command = f"{args.command}.{args.action}"
         if args.action in ("add", "remove"):
@@ -231,6 +245,40 @@ def _account(args) -> int:
     for domain in added:
         print(f"added Domain {domain}")
     print(f"added Account {args.name}; send SIGHUP (or run `stalwart-cli reload`) to make it live")
+    return 0
+
+
+def _api_key(args) -> int:
+    """``api-key add|list|remove``: offline edits of --config FILE, like ``account add``."""
+    from .accounts.admin import add_api_key, list_api_keys, remove_api_key
+    from .config.types import format_utc
+
+    if not getattr(args, "config", None):
+        print(f"stalwart-cli: api-key {args.action} needs --config FILE (the file the server loads)", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "add":
+            try:
+                expires = parse_utc(args.expires) if args.expires else None
+            except ValueError as exc:
+                print(f"stalwart-cli: {exc}", file=sys.stderr)
+                return 2
+            key_id, token = add_api_key(args.config, args.account, args.description, expires)
+            print(token)  # the only time the token exists outside its owner's hands
+            print(f"added ApiKey {key_id} for {args.account}; the token above is not stored and cannot be shown "
+                  "again; send SIGHUP (or run `stalwart-cli reload`) to make it live", file=sys.stderr)
+        elif args.action == "list":
+            now = time.time()
+            for key in list_api_keys(args.config):
+                expires = key["expiresAt"]
+                when = "never" if expires is None else format_utc(expires) + (" (expired)" if expires <= now else "")
+                print(f"{key['id']:10} {key['account']:24} {when:32} {key['description'] or ''}".rstrip())
+        else:
+            account = remove_api_key(args.config, args.id)
+            print(f"removed ApiKey {args.id} of {account}; send SIGHUP (or run `stalwart-cli reload`) to make it live")
+    except (ConfigError, OSError) as exc:
+        print(f"stalwart-cli: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

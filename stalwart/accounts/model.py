@@ -1,14 +1,17 @@
 """``Domain`` and ``Account`` configuration objects and their cross-field rules.
 
 ``Domain`` names a mail domain this server is final destination for; ``Account`` is a login with a
-password hash (never a clear password: see :mod:`.passwords`) and the addresses it receives::
+password hash (never a clear password: see :mod:`.passwords`) and the addresses it receives;
+``ApiKey`` is a bearer token of an account for the management API, stored as its SHA-256 only::
 
     {"Domain": [{"name": "example.org"}],
      "Account": [{"name": "jane", "secret": "$scrypt$ln=14,r=8,p=1$...$...",
-                  "emails": ["jane@example.org"]}]}
+                  "emails": ["jane@example.org"]}],
+     "ApiKey": [{"account": "jane", "secret": "$sha256$<64 hex digits>", "expiresAt": "2027-01-01T00:00:00Z"}]}
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import TYPE_CHECKING, Annotated, ClassVar
 
@@ -16,7 +19,7 @@ import msgspec
 from msgspec import Meta
 
 from ..config.model import _Member
-from ..config.types import HostName
+from ..config.types import HostName, UtcDateTime
 from ..services.acme.config import CertificateManagement, CertificateManual
 from ..services.dnsproviders.config import DnsManagement, DnsManagementManual
 from ..errors import ConfigError
@@ -48,6 +51,42 @@ class Account(_Member, kw_only=True):
     description: str | None = None
 
     set_fields: ClassVar[tuple[str, ...]] = ("emails",)
+
+
+class ApiKey(_Member, kw_only=True):
+    """(new) A bearer token of ``account``: ``Authorization: Bearer stw_...`` on the management API.
+
+    Tokens carry 256 random bits, so a plain SHA-256 is as strong as a slow password hash here and
+    lets a request be checked without a key derivation. ``stalwart-cli api-key add`` creates them."""
+
+    account: Annotated[str, Meta(min_length=1, max_length=128)]
+    secret: str
+    description: str | None = None
+    expires_at: UtcDateTime | None = None
+
+
+API_KEY_HASH_RE = re.compile(r"^\$sha256\$[0-9a-f]{64}$")
+
+
+def api_key_hash(token: str) -> str:
+    """The stored form of a bearer token: ``$sha256$<hex>``."""
+    return "$sha256$" + hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def validate_api_keys(cfg: Config) -> None:
+    """Each key names an existing account and holds a ``$sha256$`` hash; no hash is listed twice."""
+    accounts = {a.name.lower() for a in cfg.Account}
+    seen: dict[str, int] = {}
+    for i, key in enumerate(cfg.ApiKey):
+        p = f"$.ApiKey[{i}]"
+        if key.account.lower() not in accounts:
+            raise ConfigError(f"{p}.account", f"no Account is named {key.account!r}")
+        if not API_KEY_HASH_RE.match(key.secret):
+            raise ConfigError(f"{p}.secret", "expected \"$sha256$<64 lower-case hex digits>\", the hash of the "
+                              "token, never the token (create one with `stalwart-cli api-key add`)")
+        if key.secret in seen:
+            raise ConfigError(f"{p}.secret", f"the same key is already ApiKey[{seen[key.secret]}]")
+        seen[key.secret] = i
 
 
 def validate_accounts(cfg: Config) -> None:

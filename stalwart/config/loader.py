@@ -175,9 +175,10 @@ def validate(cfg: Config) -> None:
     # Dual stack: "[::]:p" and "0.0.0.0:p" may coexist (the v6 socket then gets IPV6_V6ONLY=1).
     cfg.Security.scan_ban_paths = _dedupe(cfg.Security.scan_ban_paths)
 
-    from ..accounts.model import validate_accounts
+    from ..accounts.model import validate_accounts, validate_api_keys
 
     validate_accounts(cfg)
+    validate_api_keys(cfg)
     from ..services.acme.validate import validate_acme
 
     validate_acme(cfg)
@@ -249,7 +250,7 @@ def to_json(cfg: Config) -> bytes:
     """The effective configuration, defaults filled in, secrets masked."""
     raw = msgspec.to_builtins(cfg, enc_hook=enc_hook)
     _mask_secrets(raw)
-    for account in raw.get("Account", []):
+    for account in [*raw.get("Account", []), *raw.get("ApiKey", [])]:
         if account.get("secret"):
             account["secret"] = "***"  # a password hash is still an offline-guessing target
     redis = raw.get("Redis")

@@ -186,7 +186,7 @@ class MtaInboundSession(_Object):
     transfer_limit: Size = Size(262144000)
 
 
-from ..accounts.model import Account, Domain  # noqa: E402 - they derive from _Member above
+from ..accounts.model import Account, ApiKey, Domain  # noqa: E402 - they derive from _Member above
 
 # Top-level object name -> (struct, is_collection). Order is the order of `check` output.
 OBJECTS: dict[str, tuple[type[_Object], bool]] = {
@@ -201,6 +201,7 @@ OBJECTS: dict[str, tuple[type[_Object], bool]] = {
     "Certificate": (Certificate, True),
     "Domain": (Domain, True),
     "Account": (Account, True),
+    "ApiKey": (ApiKey, True),
     "AiModel": (AiModel, True),
     "SpamLlm": (SpamLlmEnable, False),  # a tagged union; the Enable variant names its set fields
     "Enterprise": (Enterprise, False),
@@ -227,6 +228,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     Certificate: list[Certificate] = []
     Domain: list[Domain] = []
     Account: list[Account] = []
+    ApiKey: list[ApiKey] = []
     AiModel: list[AiModel] = []
     SpamLlm: SpamLlm = msgspec.field(default_factory=SpamLlmDisable)
     Enterprise: Enterprise = msgspec.field(default_factory=lambda: Enterprise())

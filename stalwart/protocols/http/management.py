@@ -2,9 +2,11 @@
 
 Every operation goes through the master's control socket, exactly like ``stalwart-cli``, so a block
 added here has the same effect (persistent, live in every worker within the sweep interval) and the
-master stays the one writer of the lists. Callers authenticate with HTTP Basic (RFC 7617) as an
-account named in ``Http.administrators``; the password check and the control round trip run off the
-event loop as one :class:`~stalwart.protocols.http.messages.Deferred` job.
+master stays the one writer of the lists. Callers authenticate as an account named in
+``Http.administrators``, with HTTP Basic (RFC 7617) or with ``Authorization: Bearer <token>``
+(RFC 6750 §2.1) of one of that account's unexpired ``ApiKey`` objects; the credential check and
+the control round trip run off the event loop as one
+:class:`~stalwart.protocols.http.messages.Deferred` job.
 
 =======  ===============================  ==========================================================
 Method   Path                             Effect
@@ -21,13 +23,15 @@ GET      ``/metrics``                     Prometheus text exposition format 0.0.
 
 Credentials are taken only over TLS (implicit, or TLS terminated by a PROXY-protocol proxy), from
 loopback clients, or on listeners with ``allowPlainTextAuth`` (a TLS-terminating reverse proxy in
-front). A failed login is reported as ``auth.failed`` (security.md §4: counted by the auth ban category) and
-answered after a random 50–500 ms delay; a request without credentials is not counted.
+front). A failed login (wrong password; unknown, expired or non-administrator token) is reported as
+``auth.failed`` (security.md §4: counted by the auth ban category) and answered after a random
+50–500 ms delay; a request without credentials is not counted.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import random
 import time
 from collections.abc import Callable
@@ -37,6 +41,7 @@ import msgspec
 
 from ... import events
 from ...accounts import Directory
+from ...accounts.model import api_key_hash
 from ...config import Config
 from ...config.types import parse_utc
 from ...errors import ControlError
@@ -51,8 +56,7 @@ PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 CONTROL_TIMEOUT = 10.0
 RELOAD_TIMEOUT = 120.0
 DNS_TIMEOUT = 15.0  # the resolver bounds each lookup itself (timeout × attempts); this is the backstop
-_AUTH_FAILED = object()
-_CHALLENGE = ("WWW-Authenticate", 'Basic realm="stalwart", charset="UTF-8"')
+_CHALLENGE = ("WWW-Authenticate", 'Basic realm="stalwart", charset="UTF-8", Bearer realm="stalwart"')
 
 Call = tuple[str, dict, float]  # control command, its arguments, timeout
 
@@ -76,6 +80,29 @@ def basic_credentials(value: bytes | None) -> tuple[str, str] | None:
         return None
     user, sep, password = text.partition(":")
     return (user, password) if sep and user else None
+
+
+def bearer_token(value: bytes | None) -> str | None:
+    """The token of an ``Authorization: Bearer`` header (RFC 6750 §2.1), None otherwise."""
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(b" ")
+    token = token.strip()
+    if scheme.lower() != b"bearer" or not token or b" " in token:
+        return None
+    try:
+        return token.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+class _AuthFailed:
+    """What a failed credential check tells the event: the account it named, if any."""
+
+    __slots__ = ("account", "reason")
+
+    def __init__(self, account: str, reason: str):
+        self.account, self.reason = account, reason
 
 
 def _label(value: str) -> str:
@@ -126,6 +153,8 @@ class ManagementApi:
         self.protocols = [(lst.name, lst.protocol) for lst in cfg.NetworkListener]
         self.plaintext_ok = {lst.name for lst in cfg.NetworkListener if lst.allow_plain_text_auth}
         self.admins = {n.lower() for n in cfg.Http.administrators}
+        # (hash, account, expiry): every key of an account; the administrator check is per request
+        self.api_keys = [(k.secret, k.account, k.expires_at) for k in cfg.ApiKey]
         self.data_dir = data_dir
         self.enabled = bool(self.admins) and data_dir is not None
 
@@ -144,21 +173,28 @@ class ManagementApi:
             # An administrator password must not cross the network in clear. Behind a reverse
             # proxy that terminates TLS, set allowPlainTextAuth on the listener it connects to.
             return problem(403, "The management API needs TLS on this listener.")
-        creds = basic_credentials(req.header(b"authorization"))
-        if creds is None:
-            return _unauthorized()  # no credentials: not a failed login (security.md §4)
-        user, password = creds
+        header = req.header(b"authorization")
+        creds = basic_credentials(header)
+        if creds is not None:
+            credential: tuple[str, str, str] = ("basic", *creds)
+        else:
+            token = bearer_token(header)
+            if token is None:
+                return _unauthorized()  # no credentials: not a failed login (security.md §4)
+            credential = ("bearer", "", token)
+        secret = credential[2]
 
         def finish(result: Any, error: BaseException | None) -> Response:
             if error is not None:
                 reason = str(error) if isinstance(error, ControlError) else type(error).__name__
                 events.emit("http.management-error", level="warn", SpanId=ctx.span_id, Reason=reason)
                 return problem(503, "The server's control socket did not answer.")
-            if result is _AUTH_FAILED:
-                # The password goes to the auto-ban layer's stale-password rule (security.md §3)
-                # wrapped, so no log line can show it.
+            if isinstance(result, _AuthFailed):
+                # The password or token goes to the auto-ban layer's stale-password rule
+                # (security.md §3) wrapped, so no log line can show it.
                 events.emit("auth.failed", SpanId=ctx.span_id, ListenerId=ctx.listener, RemoteIp=req.client_ip,
-                            AccountName=user, Protocol="http", Credential=events.Sensitive(password))
+                            AccountName=result.account, Protocol="http", Reason=result.reason,
+                            Credential=events.Sensitive(secret))
                 is_blocked = ctx.extra.get("is_blocked")
                 if not req.client_exempt and is_blocked is not None and is_blocked(req.client_packed):
                     # That failure banned the address (security.md §4: HTTP answers 429).
@@ -168,18 +204,44 @@ class ManagementApi:
                 return result
             return render(result)
 
-        return Deferred(self._run, (user, password, calls, ctx.extra.get("counters"), ctx.extra.get("dns_lookup")),
+        return Deferred(self._run, (credential, calls, ctx.extra.get("counters"), ctx.extra.get("dns_lookup")),
                         finish)
 
-    def _run(self, user: str, password: str, calls: list[Call], counters: Any,
+    def administrator(self, credential: tuple[str, str, str], now: float) -> str | _AuthFailed:
+        """The administrator's account name for ``(scheme, user, secret)``, or why not.
+
+        Blocking for ``basic`` (a key derivation). A bearer token is hashed and compared with every
+        key's hash in constant time, so no key is found faster than another."""
+        scheme, user, secret = credential
+        if scheme == "basic":
+            acct = self.directory.authenticate(user, secret)
+            if acct is None:
+                return _AuthFailed(user, "wrong password")
+            name = acct.name
+        else:
+            digest = api_key_hash(secret)
+            match = None
+            for key_hash, account, expires in self.api_keys:
+                if hmac.compare_digest(key_hash, digest):
+                    match = (account, expires)
+            if match is None:
+                return _AuthFailed("", "unknown API key")
+            name, expires = match
+            if expires is not None and now >= expires:
+                return _AuthFailed(name, "expired API key")
+        if name.lower() not in self.admins:
+            return _AuthFailed(name, "not an administrator")
+        return name
+
+    def _run(self, credential: tuple[str, str, str], calls: list[Call], counters: Any,
              dns_lookup: Callable[[str, str, float], dict] | None = None) -> Any:
-        """In a thread: the key derivation, the authenticated rate limit, then the control round trips."""
-        acct = self.directory.authenticate(user, password)
-        if acct is None or acct.name.lower() not in self.admins:
+        """In a thread: the credential check, the authenticated rate limit, then the control round trips."""
+        name = self.administrator(credential, time.time())
+        if isinstance(name, _AuthFailed):
             time.sleep(random.uniform(0.05, 0.5))  # security.md §4: failures answered after 50-500 ms
-            return _AUTH_FAILED
+            return name
         # CLOCK_MONOTONIC is system-wide on Linux: the same clock every worker counts with.
-        limited = self.limits.check_authenticated(counters, acct.name, int(time.monotonic() * 1000))
+        limited = self.limits.check_authenticated(counters, name, int(time.monotonic() * 1000))
         if limited is not None:
             return limited
         out = []
