@@ -4,11 +4,33 @@ Layout of one mailbox (``<data-dir>/mail/<account>/``)::
 
     tmp/  new/  cur/      the Maildir proper (https://cr.yp.to/proto/maildir.html)
     uidlist               "<uidvalidity> <nextuid>" then one "<uid> <basename>" line per message
-    uidlist.lock          flock(2) target serialising UID assignment across worker processes
+    uidlist.lock          flock(2) target guarding the UID map across worker processes
+    maildrop.lock         flock(2) target of the POP3 exclusive-access lock (RFC 1939 §8)
 
 Delivery writes ``tmp/<unique>``, fsyncs it, renames it into ``new/`` and fsyncs ``new/``, so after a
 crash a message is either wholly in ``new/`` or not there at all. Every method here blocks (disk):
 sessions call them through :class:`~stalwart.protocols.base.Blocking`.
+
+Sessions of one account run in several worker processes at once, so everything shared lives on disk
+and is guarded by flock(2), which works across processes and between two descriptors of one process.
+
+Invariant of the UID map (RFC 3501 §2.3.1.1), for as long as one UIDVALIDITY lasts:
+
+* a UID names one message (one basename) for ever: it is never given to another message, and a
+  message keeps its UID until it is expunged;
+* ``nextuid`` never decreases, and every UID in the list is below it;
+* a message in ``new/`` or ``cur/`` gets its UID the first time any session takes a snapshot after
+  the delivery, so no delivery is lost and none gets two UIDs.
+
+It holds because the map is only read-modified-written under an exclusive lock on ``uidlist.lock``
+(written to ``uidlist.tmp``, fsynced, renamed, directory fsynced: a crash leaves the old or the new
+list, never a shorter ``nextuid`` than a client saw), and because the only renames of a listed
+message (flag changes, ``new/`` to ``cur/``) take a shared lock on the same file. The directory
+scan that rebuilds the map therefore never misses a listed message half-way through a rename, which
+would otherwise drop its UID and give it a new one on the next snapshot. Deliveries
+(``tmp/`` to ``new/``) and unlinks need no lock: an arrival missed by a scan is picked up by the
+next one, and an expunged message simply leaves the map. A snapshot is a view: readers of a message
+that another session has since expunged get :class:`MessageGone`, never a crash.
 """
 from __future__ import annotations
 
@@ -18,6 +40,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..errors import StalwartError
@@ -30,6 +54,71 @@ _counter = itertools.count(1)
 
 class MailstoreError(StalwartError):
     """A mailbox could not be read or written (disk full, permissions, corrupt UID list)."""
+
+
+class MessageGone(MailstoreError):
+    """The message was expunged (by another session) after the snapshot that listed it."""
+
+
+def _flags_of(filename: str) -> frozenset[str]:
+    _, sep, info = filename.partition(":2,")
+    return frozenset(LETTER_FLAGS[c] for c in info if c in LETTER_FLAGS) if sep else frozenset()
+
+
+def _info(flags: frozenset[str]) -> str:
+    return ":2," + "".join(sorted(FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS))
+
+
+class MaildropLock:
+    """The POP3 exclusive-access lock on one maildrop (RFC 1939 §4, §8), held across processes.
+
+    :meth:`acquire` runs in a pool thread and never waits: ``flock(LOCK_EX | LOCK_NB)`` on
+    ``maildrop.lock``, held by a descriptor this object owns. :meth:`release` may be called from any
+    thread, any number of times, also while or before :meth:`acquire` runs (the connection went away
+    during the job): a lock taken after the release is dropped at once, so no descriptor outlives
+    its session. The kernel drops the lock if the process dies, so a killed worker never leaves a
+    maildrop locked.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._mu = threading.Lock()
+        self._fd: int | None = None
+        self._released = False
+
+    def acquire(self) -> bool:
+        """True if the lock is now held; False if another session holds it (or this was released)."""
+        with self._mu:
+            if self._released or self._fd is not None:
+                return self._fd is not None
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+            return True
+
+    def release(self) -> None:
+        with self._mu:
+            self._released = True
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor of the open file drops the flock
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __del__(self) -> None:
+        # Backstop only: sessions release explicitly on every path (QUIT, connection closed).
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.close(fd)
 
 
 @dataclass(slots=True)
@@ -45,8 +134,8 @@ class Message:
 
     @property
     def flags(self) -> frozenset[str]:
-        _, sep, info = self.filename.partition(":2,")
-        return frozenset(LETTER_FLAGS[c] for c in info if c in LETTER_FLAGS) if sep else frozenset()
+        return _flags_of(self.filename)
+
 
 
 def _fsync_dir(path: str) -> None:
@@ -168,15 +257,28 @@ class Maildir:
                 found[base] = (sub, e.name, st.st_size, st.st_mtime)
         return found
 
+    def maildrop_lock(self) -> MaildropLock:
+        """A POP3 exclusive-access lock on this maildrop, not yet acquired (see :class:`MaildropLock`)."""
+        return MaildropLock(os.path.join(self.path, "maildrop.lock"))
+
+    @contextmanager
+    def _map_lock(self, exclusive: bool) -> Iterator[None]:
+        """Exclusive: the UID map is being rebuilt. Shared: a listed message is being renamed."""
+        fd = os.open(os.path.join(self.path, "uidlist.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
     def snapshot(self) -> tuple[int, int, list[Message]]:
         """(UIDVALIDITY, UIDNEXT, messages in UID order), assigning UIDs to new arrivals.
 
         RFC 3501 §2.3.1.1: UIDs strictly ascend and are never reused while UIDVALIDITY stays;
-        the list survives sessions and restarts. Arrivals get UIDs in delivery (mtime) order."""
+        the list survives sessions and restarts. Arrivals get UIDs in delivery (mtime) order.
+        See the module docstring for the invariant and the locking that keeps it."""
         self.ensure()
-        lock_fd = os.open(os.path.join(self.path, "uidlist.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        with self._map_lock(exclusive=True):
             validity, next_uid, uids = self._read_uidlist()
             found = self._scan()
             changed = False
@@ -189,8 +291,6 @@ class Maildir:
                 changed = True
             if changed or not os.path.exists(os.path.join(self.path, "uidlist")):
                 self._write_uidlist(validity, next_uid, uids)
-        finally:
-            os.close(lock_fd)
         msgs = [Message(uid, base, *found[base]) for base, uid in uids.items()]
         msgs.sort(key=lambda m: m.uid)
         return validity, next_uid, msgs
@@ -222,19 +322,25 @@ class Maildir:
             fh.flush()
             os.fsync(fh.fileno())
         os.rename(tmp, path)
+        # A lost rename after a crash would bring back a smaller nextuid than clients have seen.
+        _fsync_dir(self.path)
 
     def _locate(self, msg: Message) -> tuple[str, str]:
         """(subdir, filename) of ``msg`` now: another session may have renamed it (flags)."""
         if os.path.exists(os.path.join(self.path, msg.subdir, msg.filename)):
             return msg.subdir, msg.filename
         for sub in ("cur", "new"):
-            for name in os.listdir(os.path.join(self.path, sub)):
+            try:
+                names = os.listdir(os.path.join(self.path, sub))
+            except FileNotFoundError:
+                continue
+            for name in names:
                 if name.split(":", 1)[0] == msg.basename:
                     return sub, name
-        raise MailstoreError(f"message {msg.basename} is gone")
+        raise MessageGone(f"message {msg.basename} is gone")
 
     def read(self, msg: Message) -> bytes:
-        """The message bytes."""
+        """The message bytes; :class:`MessageGone` if it was expunged since ``msg`` was listed."""
         for _ in range(3):  # a concurrent rename between locate and open: look again
             sub, name = self._locate(msg)
             try:
@@ -242,28 +348,95 @@ class Maildir:
                     return fh.read()
             except FileNotFoundError:
                 continue
-        raise MailstoreError(f"message {msg.basename} is gone")
+        raise MessageGone(f"message {msg.basename} is gone")
 
-    def set_flags(self, msg: Message, flags: frozenset[str]) -> Message:
-        """Rename the message into ``cur/`` with ``flags`` in its info part; returns it updated."""
-        letters = "".join(sorted(FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS))
-        new_name = f"{msg.basename}:2,{letters}"
-        sub, name = self._locate(msg)
-        if sub != "cur" or name != new_name:
-            os.rename(os.path.join(self.path, sub, name), os.path.join(self.path, "cur", new_name))
-        return Message(msg.uid, msg.basename, "cur", new_name, msg.size, msg.mtime)
+    def change_flags(self, msgs: list[Message], add: frozenset[str] = frozenset(),
+                     remove: frozenset[str] = frozenset(), replace: frozenset[str] | None = None
+                     ) -> list[Message | None]:
+        """Rename each message into ``cur/`` with its flags changed; returns them updated, or None
+        for one that is gone.
 
-    def remove(self, msgs: list[Message]) -> int:
-        """Unlink messages (expunge, POP3 QUIT); returns how many were still there."""
-        n = 0
-        for msg in msgs:
+        The change applies to the flags the message carries on disk now, not to those of the
+        caller's snapshot, so two sessions changing different flags of one message both keep
+        theirs (RFC 3501 §6.4.6 +FLAGS/-FLAGS). A rename fails if another session renamed the file
+        first, and is then retried on the new name."""
+        if not msgs:
+            return []
+        out: list[Message | None] = []
+        with self._map_lock(exclusive=False):
+            for msg in msgs:
+                out.append(self._rename_flags(msg, add, remove, replace))
+        return out
+
+    def _rename_flags(self, msg: Message, add: frozenset[str], remove: frozenset[str],
+                      replace: frozenset[str] | None) -> Message | None:
+        for _ in range(5):  # each miss means another session renamed it meanwhile
             try:
                 sub, name = self._locate(msg)
-                os.unlink(os.path.join(self.path, sub, name))
-                n += 1
-            except (FileNotFoundError, MailstoreError):
-                continue
+            except MessageGone:
+                return None
+            flags = (_flags_of(name) if replace is None else replace) | add
+            new_name = msg.basename + _info(flags - remove)
+            if sub != "cur" or name != new_name:
+                try:
+                    os.rename(os.path.join(self.path, sub, name), os.path.join(self.path, "cur", new_name))
+                except FileNotFoundError:
+                    continue
+            return Message(msg.uid, msg.basename, "cur", new_name, msg.size, msg.mtime)
+        raise MailstoreError(f"message {msg.basename} keeps changing under us")
+
+    def set_flags(self, msg: Message, flags: frozenset[str]) -> Message:
+        """Rename the message into ``cur/`` with exactly ``flags``; returns it updated."""
+        [done] = self.change_flags([msg], replace=frozenset(flags))
+        if done is None:
+            raise MessageGone(f"message {msg.basename} is gone")
+        return done
+
+    def remove(self, msgs: list[Message]) -> int:
+        """Unlink messages (POP3 QUIT); returns how many were still there."""
+        n = 0
+        for msg in msgs:
+            for _ in range(3):  # renamed (flags) between locate and unlink: look again
+                try:
+                    sub, name = self._locate(msg)
+                    os.unlink(os.path.join(self.path, sub, name))
+                    n += 1
+                    break
+                except FileNotFoundError:
+                    continue
+                except MessageGone:
+                    break
         if n:
-            _fsync_dir(os.path.join(self.path, "cur"))
-            _fsync_dir(os.path.join(self.path, "new"))
+            self._sync_dirs()
         return n
+
+    def expunge(self, msgs: list[Message]) -> list[int]:
+        """RFC 3501 §6.4.3: unlink those of ``msgs`` that carry ``\\Deleted`` on disk now (whichever
+        session set it); returns their UIDs. A message whose flag another session removed
+        meanwhile stays: the unlink names the exact file, which such a rename makes disappear."""
+        found = self._scan()
+        gone: list[int] = []
+        for msg in msgs:
+            entry = found.get(msg.basename)
+            if entry is None:
+                continue  # expunged elsewhere: the next refresh reports it
+            sub, name = entry[0], entry[1]
+            for _ in range(3):
+                if "\\Deleted" not in _flags_of(name):
+                    break
+                try:
+                    os.unlink(os.path.join(self.path, sub, name))
+                    gone.append(msg.uid)
+                    break
+                except FileNotFoundError:
+                    try:
+                        sub, name = self._locate(msg)
+                    except MessageGone:
+                        break
+        if gone:
+            self._sync_dirs()
+        return gone
+
+    def _sync_dirs(self) -> None:
+        _fsync_dir(os.path.join(self.path, "cur"))
+        _fsync_dir(os.path.join(self.path, "new"))

@@ -400,11 +400,12 @@ class ImapSession(mailcommon.PasswordAuth, LineSession):
             self._ok(tag, f"{'UID ' if uid else ''}FETCH completed.")
             return
         if not content and not seen:
-            self._fetched(tag, uid, items, [i for i, _ in chosen], [(m, None) for _, m in chosen], None, True)
+            self._fetched(tag, uid, items, [i for i, _ in chosen], [(m, None) for _, m in chosen], None, True, [0])
             return
-        self._fetch_batch(tag, uid, items, chosen, content, seen)
+        self._fetch_batch(tag, uid, items, chosen, content, seen, [0])
 
-    def _fetch_batch(self, tag: str, uid: bool, items: list, chosen: list, content: bool, seen: bool) -> None:
+    def _fetch_batch(self, tag: str, uid: bool, items: list, chosen: list, content: bool, seen: bool,
+                     gone: list[int]) -> None:
         """Read and answer at most FETCH_BATCH_BYTES of messages per job: ``FETCH 1:* BODY[]`` on a
         big mailbox streams in slices instead of holding every message in memory at once."""
         n, size = 0, 0
@@ -414,18 +415,26 @@ class ImapSession(mailcommon.PasswordAuth, LineSession):
         batch, rest = chosen[:n], chosen[n:]
 
         def done(res, err):
-            if self._fetched(tag, uid, items, [i for i, _ in batch], res, err, not rest) and rest:
-                self._fetch_batch(tag, uid, items, rest, content, seen)
+            if self._fetched(tag, uid, items, [i for i, _ in batch], res, err, not rest, gone) and rest:
+                self._fetch_batch(tag, uid, items, rest, content, seen, gone)
 
         self._block(fetch_job, (self.maildir, [m for _, m in batch], content, seen), done)
 
-    def _fetched(self, tag: str, uid: bool, items: list, seqs: list[int], res, error, last: bool) -> bool:
-        """Send the FETCH responses of one batch (and the tagged OK after the last); False on failure."""
+    def _fetched(self, tag: str, uid: bool, items: list, seqs: list[int], res, error, last: bool,
+                 gone: list[int]) -> bool:
+        """Send the FETCH responses of one batch (and the tagged reply after the last); False on failure.
+
+        A message another session expunged meanwhile gets no FETCH response (and no untagged
+        EXPUNGE here: RFC 3501 §7.4.1 forbids it during FETCH); the tagged reply is then
+        ``NO [EXPUNGEISSUED]`` (RFC 5530 §3, RFC 2180 §4.1.2) and the next NOOP reports it."""
         if error is not None:
             self._send(f"{tag} NO [SERVERBUG] Cannot read messages.\r\n".encode())
             return False
         out = []
         for seq, (msg, data) in zip(seqs, res):
+            if msg is None:
+                gone[0] += 1
+                continue
             flags_changed = self.msgs[seq - 1].flags != msg.flags
             self.msgs[seq - 1] = msg
             try:
@@ -436,7 +445,9 @@ class ImapSession(mailcommon.PasswordAuth, LineSession):
             if flags_changed and not any(i.name == "FLAGS" for i in items):
                 parts.append(b"FLAGS " + render_flags(msg, msg.uid in self.recent))
             out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
-        if last:
+        if last and gone[0]:
+            out.append(f"{tag} NO [EXPUNGEISSUED] Some of the requested messages no longer exist.\r\n".encode())
+        elif last:
             out.append(f"{tag} OK {'UID ' if uid else ''}FETCH completed.\r\n".encode())
         self._send(b"".join(out))
         return True
@@ -492,15 +503,6 @@ class ImapSession(mailcommon.PasswordAuth, LineSession):
             self._send(f"{tag} NO [READ-ONLY] The mailbox is read-only.\r\n".encode())
             return
         chosen = self._select_msgs(toks[0], uid)
-        changes = []
-        for _, m in chosen:
-            if action.startswith("+"):
-                new = m.flags | flags
-            elif action.startswith("-"):
-                new = m.flags - flags
-            else:
-                new = frozenset(flags)
-            changes.append((m, frozenset(new)))
         silent = action.endswith(".SILENT")
 
         def done(res, error):
@@ -508,15 +510,30 @@ class ImapSession(mailcommon.PasswordAuth, LineSession):
                 self._send(f"{tag} NO [SERVERBUG] Cannot store flags.\r\n".encode())
                 return
             out = []
-            for (seq, _), msg in zip(chosen, res):
+            for (seq, old), msg in zip(chosen, res):
+                if msg is None:
+                    continue  # expunged by another session: the next NOOP reports it
                 self.msgs[seq - 1] = msg
-                if not silent:
+                # .SILENT still reports flags another session changed meanwhile (RFC 3501 §6.4.6)
+                if not silent or self._expected_flags(action, old.flags, flags) != msg.flags:
                     extra = b" UID %d" % msg.uid if uid else b""
-                    flags = render_flags(msg, msg.uid in self.recent)
-                    out.append(b"* %d FETCH (FLAGS " % seq + flags + extra + b")\r\n")
+                    out.append(b"* %d FETCH (FLAGS " % seq + render_flags(msg, msg.uid in self.recent) + extra
+                               + b")\r\n")
+            if any(msg is None for msg in res):
+                self._send(b"".join(out) + f"{tag} NO [EXPUNGEISSUED] Some of the messages no longer exist; "
+                           f"the others were updated.\r\n".encode())
+                return
             self._ok(tag, f"{'UID ' if uid else ''}STORE completed.", b"".join(out))
 
-        self._block(store_job, (self.maildir, changes), done)
+        self._block(store_job, (self.maildir, [m for _, m in chosen], action, frozenset(flags)), done)
+
+    @staticmethod
+    def _expected_flags(action: str, old: frozenset[str], flags: frozenset[str]) -> frozenset[str]:
+        if action.startswith("+"):
+            return old | flags
+        if action.startswith("-"):
+            return old - flags
+        return frozenset(flags)
 
     def _cmd_search(self, tag: str, toks: list, uid: bool = False) -> None:
         if len(toks) >= 2 and isinstance(toks[0], str) and toks[0].upper() == "CHARSET":
@@ -549,9 +566,10 @@ class ImapSession(mailcommon.PasswordAuth, LineSession):
             else:
                 self._send(f"{tag} NO [READ-ONLY] The mailbox is read-only.\r\n".encode())
             return
-        doomed = [(i, m) for i, m in enumerate(self.msgs, 1) if "\\Deleted" in m.flags]
+        # Every message of the view is looked at, not only those this session knows as \Deleted:
+        # another session may have set or cleared the flag since (Maildir.expunge reads the disk).
 
-        def done(res, error):
+        def done(removed, error):
             if error is not None:
                 self._send(f"{tag} NO [SERVERBUG] Cannot expunge.\r\n".encode())
                 return
@@ -559,16 +577,18 @@ class ImapSession(mailcommon.PasswordAuth, LineSession):
                 self._deselect()  # RFC 3501 §6.4.2: no untagged EXPUNGE for CLOSE
                 self._ok(tag, "CLOSE completed.")
                 return
+            removed = set(removed)
             out = []
-            for seq, _ in reversed(doomed):
-                del self.msgs[seq - 1]
-                out.append(b"* %d EXPUNGE\r\n" % seq)
+            for seq in range(len(self.msgs), 0, -1):  # highest first: each EXPUNGE renumbers the rest
+                if self.msgs[seq - 1].uid in removed:
+                    del self.msgs[seq - 1]
+                    out.append(b"* %d EXPUNGE\r\n" % seq)
             self._ok(tag, "EXPUNGE completed.", b"".join(out))
 
-        if not doomed:
-            done(0, None)
+        if not self.msgs:
+            done([], None)
             return
-        self._block(expunge_job, (self.maildir, [m for _, m in doomed]), done)
+        self._block(expunge_job, (self.maildir, list(self.msgs)), done)
 
     def _cmd_close(self, tag: str, toks: list) -> None:
         self._cmd_expunge(tag, toks, close=True)
