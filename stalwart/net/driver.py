@@ -274,6 +274,11 @@ class Connection(asyncio.Protocol):
             self.worker.sessions.discard(self)
             self.worker.spans.pop(self.span, None)
             self.worker.session_closed()
+            if self.core is not None:
+                try:
+                    self.core.connection_closed()
+                except Exception as exc:  # noqa: BLE001 - a core's cleanup must never take the worker down
+                    events.emit("network.session-cleanup-error", level="warn", SpanId=self.span, Reason=repr(exc))
             if self.core is not None and self.worker.trace_sessions:
                 events.emit(f"{self.core.event_group}.connection-end", SpanId=self.span,
                             Elapsed=int((self.worker.loop.time() - self.started) * 1000))

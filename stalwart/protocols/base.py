@@ -161,6 +161,11 @@ class SessionCore(ABC):
     def timer_fired(self) -> None:
         """A :class:`Timer` this core asked for has expired (:attr:`now` is current)."""
 
+    def connection_closed(self) -> None:
+        """The connection is gone, whatever ended it (a closing reply, the peer, a timeout, a
+        shutdown, a failed TLS handshake). Called once by the driver; a core releases here what it
+        holds outside itself (the POP3 maildrop lock). It must not raise."""
+
     @property
     def interruptible(self) -> bool:
         """True between commands: a shutdown line may be written now."""

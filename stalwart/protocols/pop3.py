@@ -3,8 +3,21 @@
 RFC 1939 (USER/PASS, STAT, LIST, UIDL, RETR, TOP, DELE, RSET, NOOP, QUIT; deletions are applied in
 the UPDATE state at QUIT only), RFC 2449 (CAPA, RESP-CODES, PIPELINING), RFC 2595 (STLS), RFC 5034
 (AUTH PLAIN/LOGIN), RFC 3206 (AUTH-RESP-CODE). Credentials are accepted only over TLS unless the
-listener sets ``allowPlainTextAuth``. Disk work (the maildrop listing, reading a message, the
-deletions) runs in :class:`~.base.Blocking` jobs.
+listener sets ``allowPlainTextAuth``. Disk work (the maildrop lock and listing, reading a message,
+the deletions) runs in :class:`~.base.Blocking` jobs.
+
+Maildrop lock (RFC 1939 §4, §8): a successful login takes an exclusive lock on the account's
+maildrop (:class:`~stalwart.mailstore.maildir.MaildropLock`, a flock(2) shared by every worker
+process) without waiting for it. If another POP3 session holds it, the reply is
+``-ERR [IN-USE]`` (RFC 2449 §8.1.1) and the session stays in the AUTHORIZATION state: RFC 1939 §4
+lets the server keep the connection, and a client whose other session is just quitting can try
+again without reconnecting, while the credentials it sent were right and count as no failure. The
+lock is released after the deletions at QUIT, before the farewell (so a client's next login never
+races our close), and on every other end of the connection through :meth:`connection_closed`.
+
+IMAP sessions do not take this lock: they may expunge or deliveries may arrive meanwhile. The POP3
+session keeps the listing it took at login (message numbers are stable for the session, RFC 1939
+§7), and a message that vanished under it answers ``-ERR`` for RETR/TOP of that message only.
 """
 from __future__ import annotations
 
@@ -17,21 +30,37 @@ from .base import SessionContext
 from .lines import LineSession
 from .mailcommon import MailServices
 
+from ..mailstore.maildir import MessageGone
+
 if TYPE_CHECKING:
     from ..mailstore import Maildir, Message
+    from ..mailstore.maildir import MaildropLock
 
 MAX_ERRORS = 10
 _NEWLINE = re.compile(rb"\r?\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
-def _load_maildrop(maildir: Maildir) -> tuple[int, list[Message]]:
-    validity, _next, msgs = maildir.snapshot()
+def _open_maildrop(maildir: Maildir, lock: MaildropLock) -> tuple[int, list[Message]] | None:
+    """Take the maildrop lock without waiting, then list the maildrop; None if the lock is held."""
+    maildir.ensure()
+    if not lock.acquire():
+        return None
+    try:
+        validity, _next, msgs = maildir.snapshot()
+    except BaseException:
+        lock.release()  # RFC 1939 §4: release the lock before answering with a negative status
+        raise
     return validity, msgs
 
 
-def _quit_job(maildir: Maildir, msgs: list[Message]) -> int:
-    return maildir.remove(msgs)
+def _quit_job(maildir: Maildir | None, msgs: list[Message], lock: MaildropLock | None) -> int:
+    """RFC 1939 §6 UPDATE state: remove the deleted messages, then release the lock."""
+    try:
+        return maildir.remove(msgs) if msgs else 0
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def multiline(data: bytes) -> bytes:
@@ -61,6 +90,7 @@ class Pop3Session(mailcommon.PasswordAuth, LineSession):
         self._login = ""
         self._credential: str | None = None
         self.maildir: Maildir | None = None
+        self.lock: MaildropLock | None = None
         self.messages: list[Message] = []
         self.validity = 0
         self.deleted: set[int] = set()
@@ -87,6 +117,12 @@ class Pop3Session(mailcommon.PasswordAuth, LineSession):
     def tls_started(self, version: str, cipher: str) -> None:
         super().tls_started(version, cipher)
         self.user = None
+
+    def connection_closed(self) -> None:
+        """Peer gone, timeout, shutdown or after QUIT: the maildrop lock must not outlive us."""
+        lock, self.lock = self.lock, None
+        if lock is not None:
+            lock.release()
 
     def _auth_allowed(self) -> bool:
         return self.ctx.tls_active or self.allow_plain_auth
@@ -128,10 +164,10 @@ class Pop3Session(mailcommon.PasswordAuth, LineSession):
     # -- any state ------------------------------------------------------------------------------
     def _cmd_quit(self, arg: str) -> None:
         doomed = [m for i, m in enumerate(self.messages, 1) if i in self.deleted]
-        if self.account is None or not doomed:
+        if self.lock is None:
             self._send(b"+OK Stalwart POP3 bids you farewell.\r\n", close=True)
             return
-        self._block(_quit_job, (self.maildir, doomed), self._quit_done)  # RFC 1939 §6 UPDATE state
+        self._block(_quit_job, (self.maildir, doomed, self.lock), self._quit_done)
 
     def _quit_done(self, removed: int | None, error: BaseException | None) -> None:
         if error is not None:
@@ -226,11 +262,19 @@ class Pop3Session(mailcommon.PasswordAuth, LineSession):
             self._send(b"-ERR [SYS/TEMP] No mail store is configured.\r\n")
             return
         maildir = self.services.store.maildir(account.name)
-        self._block(_load_maildrop, (maildir,), lambda res, err: self._maildrop_loaded(account, maildir, res, err))
+        # Held by the session from now on, so the close hook releases it even if the connection
+        # ends while the job runs (the lock then refuses to be taken, or is dropped at once).
+        self.lock = lock = maildir.maildrop_lock()
+        self._block(_open_maildrop, (maildir, lock),
+                    lambda res, err: self._maildrop_loaded(account, maildir, res, err))
 
     def _maildrop_loaded(self, account: AccountEntry, maildir: Maildir, res, error: BaseException | None) -> None:
-        if error is not None:
-            self._send(b"-ERR [SYS/TEMP] Cannot open the maildrop.\r\n")
+        if error is not None or res is None:
+            self.lock = None  # not taken, or already released by the job
+            if error is None:
+                self._send(b"-ERR [IN-USE] Maildrop already locked by another session.\r\n")
+            else:
+                self._send(b"-ERR [SYS/TEMP] Cannot open the maildrop.\r\n")
             return
         self.account, self.maildir = account, maildir
         self.validity, self.messages = res
@@ -281,8 +325,8 @@ class Pop3Session(mailcommon.PasswordAuth, LineSession):
     def _cmd_retr(self, arg: str) -> None:
         found = self._message(arg.strip())
         if found:
-            msg = found[1]
-            self._block(self.maildir.read, (msg,), lambda data, err: self._send_message(msg, data, err, None))
+            n, msg = found
+            self._block(self.maildir.read, (msg,), lambda data, err: self._send_message(n, msg, data, err, None))
 
     def _cmd_top(self, arg: str) -> None:
         parts = arg.split()
@@ -291,10 +335,14 @@ class Pop3Session(mailcommon.PasswordAuth, LineSession):
             return
         found = self._message(parts[0])
         if found:
-            msg, lines = found[1], int(parts[1][:9])
-            self._block(self.maildir.read, (msg,), lambda data, err: self._send_message(msg, data, err, lines))
+            (n, msg), lines = found, int(parts[1][:9])
+            self._block(self.maildir.read, (msg,), lambda data, err: self._send_message(n, msg, data, err, lines))
 
-    def _send_message(self, msg: Message, data: bytes | None, error: BaseException | None, lines: int | None) -> None:
+    def _send_message(self, n: int, msg: Message, data: bytes | None, error: BaseException | None,
+                      lines: int | None) -> None:
+        if isinstance(error, MessageGone):  # expunged through IMAP since our listing
+            self._send(f"-ERR Message {n} is no longer available.\r\n".encode())
+            return
         if error is not None or data is None:
             self._send(b"-ERR [SYS/TEMP] The message cannot be read.\r\n")
             return
