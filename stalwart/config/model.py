@@ -18,9 +18,10 @@ from ..services.license.config import Enterprise
 from ..services.geo.config import Asn, AsnBase, AsnDisabled
 from ..services.acme.config import AcmeProvider
 from ..services.dnsproviders.config import DnsServer, DnsServerBase
+from ..errors import ConfigError
 from ..security.cluster import Redis
 from .secrets import PublicText, SecretText
-from .types import Duration, HostName, IpMask, Rate, Size, SocketAddr, UtcDateTime
+from .types import Duration, HostName, IpMask, Rate, Size, SocketAddr, UtcDateTime, parse_hostname
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
@@ -186,6 +187,43 @@ class MtaInboundSession(_Object):
     transfer_limit: Size = Size(262144000)
 
 
+PolicyEnforcement = Literal["enforce", "testing", "disable"]
+MTA_STS_MAX_AGE_MS = 31557600 * 1000  # RFC 8461 §3.2: max_age is at most 31557600 s
+
+
+class MtaSts(_Object):
+    """This server's inbound MTA-STS policy (RFC 8461), served at ``https://mta-sts.<domain>/.well-known/
+    mta-sts.txt`` for every local Domain and announced by the ``mtaSts`` managed records.
+
+    ``mode: disable`` publishes nothing. ``mxHosts`` are host names or ``*.`` patterns (§4.1); empty
+    means the MX hosts the ``mx`` records name (``SystemSettings.mailExchangers``, else the default
+    host name). An absent object is the reference's default: mode ``testing``, ``maxAge`` 7 days.
+    """
+
+    max_age: Duration = Duration(7 * 86400 * 1000)
+    mode: PolicyEnforcement = "testing"
+    mx_hosts: list[str] = []
+
+    def __post_init__(self) -> None:
+        # ConfigError is not a ValueError: msgspec passes it through with the field's own path.
+        ms = int(self.max_age)
+        if ms % 1000 or ms > MTA_STS_MAX_AGE_MS:
+            raise ConfigError("$.MtaSts.maxAge", f"{ms} ms is not a whole number of seconds between 1 s and "
+                              f"31557600 s (RFC 8461 §3.2 max_age)")
+        hosts: list[str] = []
+        for i, raw in enumerate(self.mx_hosts):
+            wildcard = raw.strip().startswith("*.")
+            try:
+                name = parse_hostname(raw.strip()[2:] if wildcard else raw)
+            except ValueError:
+                raise ConfigError(f"$.MtaSts.mxHosts[{i}]", f"{raw!r} is neither a host name nor a '*.' pattern "
+                                  "(RFC 8461 §4.1)") from None
+            name = f"*.{name}" if wildcard else name
+            if name not in hosts:
+                hosts.append(name)
+        self.mx_hosts = hosts
+
+
 from ..accounts.model import Account, ApiKey, Domain  # noqa: E402 - they derive from _Member above
 
 # Top-level object name -> (struct, is_collection). Order is the order of `check` output.
@@ -211,6 +249,7 @@ OBJECTS: dict[str, tuple[type[_Object], bool]] = {
     "AcmeProvider": (AcmeProvider, True),
     "DnsServer": (DnsServerBase, True),  # a tagged union
     "Redis": (Redis, False),
+    "MtaSts": (MtaSts, False),
 }
 
 
@@ -238,3 +277,4 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     AcmeProvider: list[AcmeProvider] = []
     DnsServer: list[DnsServer] = []
     Redis: Redis = msgspec.field(default_factory=lambda: Redis())
+    MtaSts: MtaSts = msgspec.field(default_factory=lambda: MtaSts())

@@ -40,6 +40,8 @@ from .autoconfig import Autoconfig, parse_autodiscover
 from .forwarded import ClientAddress, attribute, pack
 from .management import ManagementApi
 from .messages import CORS, REASONS, Deferred, Request, Response, problem
+from .mtasts import POLICY_PATH as MTA_STS_PATH
+from .mtasts import MtaStsRoute
 from .paths import BannedPaths, decode_path, request_path
 from .ratelimit import RateLimits
 
@@ -160,6 +162,7 @@ class HttpService:
         self._heads: dict[tuple, object] = {}
         # HTTP-01 answers written by the ACME helper (tls.md §7.5), on every HTTP listener.
         self.acme = ChallengeStore(data_dir) if data_dir and http01_route_active(cfg) else None
+        self.mta_sts = MtaStsRoute(cfg)  # RFC 8461 §3.3, on every HTTP listener like HTTP-01
 
     def response_head(self, status: int, headers: list[tuple[str, str]]) -> h11.Response:
         """The h11 status line and headers, validated once per distinct head.
@@ -317,6 +320,8 @@ class HttpService:
             return resp
         if path.startswith("/.well-known/") and method == "OPTIONS":
             return Response(204, headers=list(CORS))
+        if path == MTA_STS_PATH:
+            return self.mta_sts.respond(req)
         if path in WELL_KNOWN_REDIRECTS:
             if not get:
                 return _allow("GET, HEAD, OPTIONS")
