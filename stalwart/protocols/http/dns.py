@@ -1,6 +1,7 @@
 """DNS records an operator publishes so clients find the autoconfiguration (http.md §9).
 
-``stalwart-cli dns-records DOMAIN`` prints them as zone-file lines. SRV ports come from the same
+``stalwart-cli dns-records DOMAIN`` prints them as zone-file lines, followed by the MTA-STS pair
+(mtasts.py) whose policy the HTTP listeners serve. SRV ports come from the same
 listener-derived endpoints the autoconfig documents advertise, and the ``_ua-auto-config`` TXT digest
 is computed over the exact PACC body this configuration serves, so the two cannot disagree.
 """
@@ -14,6 +15,7 @@ from ...config import Config
 from ...config import hostname as config_hostname
 from .advertise import https_endpoint
 from .autoconfig import Autoconfig
+from .mtasts import dns_rows as mta_sts_rows
 
 #: (service, implicit) -> SRV owner label (RFC 6186, RFC 8314, RFC 8620 §2.2, RFC 6764)
 SRV_NAMES = {
@@ -59,7 +61,7 @@ def records(cfg: Config, domain: str) -> list[tuple[str, str, str]]:
     for service, (label, path) in DAV_PATHS.items():
         if service in ac.endpoints:
             srv.append((f"{label}.{domain}.", "TXT", f'"path={path}"'))  # RFC 6764 §4
-    return out + srv
+    return out + srv + mta_sts_rows(cfg, domain)  # RFC 8461 §3.1: the policy is served over HTTPS too
 
 
 def zone_lines(rows: list[tuple[str, str, str]]) -> list[str]:

@@ -5,10 +5,11 @@ reconciliation of its zone with that set (services.md §2.4-§2.6, tls.md §7.1)
 and targets absolute with a trailing dot, services.md "We do better"); ``kind`` is the
 ``publishRecords`` entry a row belongs to. Generated kinds: ``mx``, ``spf``, ``dmarc`` and
 ``tlsRpt`` (with the domain's report address), ``srv``, ``autoConfig``, ``autoConfigLegacy``,
-``autoDiscover`` (the rows of http.md §9, so SRV ports follow the listeners), ``caa`` (with the ACME
+``autoDiscover`` (the rows of http.md §9, so SRV ports follow the listeners), ``mtaSts`` (the
+``MtaSts`` policy the HTTP listeners serve, protocols/http/mtasts.py), ``caa`` (with the ACME
 account URI when certificates are Automatic) and ``tlsa`` (from the installed ACME certificate).
-``dkim`` and ``mtaSts`` have no signing keys or policy object in this configuration yet and produce
-nothing.
+``dkim`` has no signing keys in this configuration yet and produces nothing. Rows come out in the
+zone-file order of services.md §2.6 (:data:`ZONE_ORDER`).
 
 :func:`reconcile` adds what is missing, replaces what is stale and leaves foreign records alone:
 
@@ -39,6 +40,11 @@ from .records import DnsUpdater, fqdn
 
 OWNED_TXT = ("_dmarc.", "_smtp._tls.", "_mta-sts.", "_ua-auto-config.", "_validation-persist.", "._domainkey.")
 Row = tuple[str, str, str, str]  # owner, type, value, kind
+#: services.md §2.6 zone-file order of the kinds
+ZONE_ORDER = ("dkim", "tlsa", "spf", "mx", "dmarc", "srv", "mtaSts", "tlsRpt", "caa", "autoConfig",
+              "autoConfigLegacy", "autoDiscover")
+#: http.md §9: HTTPS hosts under the domain that get ``_443._tcp`` TLSA when their CNAME is published
+TLSA_HTTPS_LABELS = ("mta-sts", "autoconfig", "autodiscover", "ua-auto-config")
 
 
 def _dot(name: str) -> str:
@@ -67,7 +73,9 @@ def _autoconfig_rows(cfg: Config, domain: str) -> list[Row]:
 
     rows = []
     for owner, rtype, value in http_records(cfg, domain):
-        if owner.startswith("autoconfig."):
+        if owner.startswith(("mta-sts.", "_mta-sts.")):
+            kind = "mtaSts"
+        elif owner.startswith("autoconfig."):
             kind = "autoConfigLegacy"
         elif owner.startswith(("ua-auto-config.", "_ua-auto-config.")):
             kind = "autoConfig"
@@ -134,10 +142,12 @@ def managed_records(cfg: Config, domain_name: str, data_dir: str | None = None,
     rows.extend(_caa_rows(cfg, dom, d, data_dir, report))
     if "tlsa" in wanted:
         hosts = {h: 25 for h in mx_hosts if h == d or h.endswith(f".{d}")}
-        for label in ("mta-sts", "autoconfig", "autodiscover", "ua-auto-config"):
-            hosts.setdefault(f"{label}.{d}", 443)
+        named = {r[0] for r in rows if r[1] == "CNAME" and r[3] in wanted}
+        for label in TLSA_HTTPS_LABELS:
+            if f"{label}.{d}." in named:  # no TLSA for a host name this set does not publish
+                hosts.setdefault(f"{label}.{d}", 443)
         rows.extend(_tlsa_rows(d, hosts, data_dir))
-    return [r for r in rows if r[3] in wanted]
+    return sorted((r for r in rows if r[3] in wanted), key=lambda r: ZONE_ORDER.index(r[3]))
 
 
 def _caa_rows(cfg: Config, dom, d: str, data_dir: str | None, report: str | None) -> list[Row]:
