@@ -18,8 +18,8 @@ import time
 
 import psutil
 import pytest
-
 from harness import ROOT, Server, free_port, listener
+
 from stalwart.accounts import hash_password
 
 ADDR = "jane@example.org"
@@ -251,7 +251,7 @@ def test_lock_released_on_idle_timeout(tmp_path):
 
 
 def test_pop3_listing_is_stable_while_imap_expunges_and_mail_arrives(server):
-    srv, ports = server
+    _srv, ports = server
     deliver(ports["smtp"], ["p1", "p2", "p3"])
     pop = pop_login(ports["pop3"])
     count, _ = pop.stat()
@@ -382,6 +382,7 @@ def test_racing_deliveries_and_imap_sessions_share_one_uid_map(server):
     uids = sorted(uid_of.values())
     assert len(set(uids)) == len(subjects) and uids == list(range(uids[0], uids[0] + len(subjects)))
     typ, data = a.status("INBOX", "(UIDNEXT MESSAGES)")
+    assert typ == "OK"
     assert f"UIDNEXT {uids[-1] + 1}".encode() in data[0] and f"MESSAGES {len(subjects)}".encode() in data[0]
     a.logout()
     b.logout()
@@ -443,10 +444,65 @@ def test_flag_renames_in_other_processes_never_change_a_uid(tmp_path):
     try:
         end = time.monotonic() + 1.5
         while time.monotonic() < end and snapshots < 5000:
-            validity, uidnext, now = md.snapshot()
+            _validity, uidnext, now = md.snapshot()
             assert [(m.uid, m.basename) for m in now] == expected and uidnext == 31
             snapshots += 1
     finally:
         for p in procs:
             p.join(30)
     assert snapshots > 10 and all(p.exitcode == 0 for p in procs)
+
+
+# -- the POP3 core, without sockets --------------------------------------------------------------
+def _pop3_core(tmp_path):
+    from mailcore import ctx, services
+
+    from stalwart.protocols.pop3 import Pop3Session
+
+    return Pop3Session(ctx(protocol="pop3", tls_active=True), services=services(tmp_path))
+
+
+def test_pop3_core_in_use_then_retry_after_the_holder_closes(tmp_path):
+    from mailcore import drive, replies
+
+    from stalwart.mailstore import MailStore
+
+    MailStore(str(tmp_path)).maildir("jane").deliver(b"Subject: x\r\n\r\ny\r\n")
+    first, second = _pop3_core(tmp_path), _pop3_core(tmp_path)
+    login = [b"USER jane\r\nPASS jane-secret\r\n"]
+    assert replies(drive(first, login)).endswith(b"+OK jane has 1 messages.\r\n")
+    out = replies(drive(second, login + [b"STAT\r\n"]))
+    assert out.endswith(b"-ERR [IN-USE] Maildrop already locked by another session.\r\n-ERR Not authenticated.\r\n")
+    assert second.lock is None and not second.closed  # still in AUTHORIZATION
+    first.connection_closed()  # the driver's hook: peer gone, timeout or shutdown
+    first.connection_closed()
+    assert replies(drive(second, login + [b"STAT\r\n"])).endswith(b"+OK jane has 1 messages.\r\n+OK 1 17\r\n")
+    # QUIT releases before the farewell: a third session logs in at once.
+    assert replies(drive(second, [b"QUIT\r\n"])) == b"+OK Stalwart POP3 bids you farewell.\r\n"
+    assert not second.lock.held
+    third = _pop3_core(tmp_path)
+    assert replies(drive(third, login)).endswith(b"+OK jane has 1 messages.\r\n")
+    third.connection_closed()
+
+
+def test_pop3_core_connection_gone_while_the_lock_job_runs(tmp_path):
+    from mailcore import drive, replies
+
+    from stalwart.protocols.base import Blocking
+
+    core = _pop3_core(tmp_path)
+    core.receive_data(b"USER jane\r\nPASS jane-secret\r\n")
+    job = None
+    for _ in range(20):  # the password check, then the maildrop job
+        ev = core.next_event()
+        if isinstance(ev, Blocking):
+            if ev.fn.__name__ == "_open_maildrop":
+                job = ev
+                break
+            core.blocking_done(ev.fn(*ev.args), None)
+    assert job is not None
+    core.connection_closed()  # the connection ended before the pool ran the job
+    assert job.fn(*job.args) is None  # the lock is not taken for a session that is gone
+    other = _pop3_core(tmp_path)
+    assert replies(drive(other, [b"USER jane\r\nPASS jane-secret\r\n"])).endswith(b"+OK jane has 0 messages.\r\n")
+    other.connection_closed()

@@ -25,12 +25,11 @@ import re
 from typing import TYPE_CHECKING
 
 from ..accounts import AccountEntry, sasl
+from ..mailstore.maildir import MessageGone
 from . import mailcommon
 from .base import SessionContext
 from .lines import LineSession
 from .mailcommon import MailServices
-
-from ..mailstore.maildir import MessageGone
 
 if TYPE_CHECKING:
     from ..mailstore import Maildir, Message
