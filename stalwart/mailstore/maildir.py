@@ -34,6 +34,7 @@ that another session has since expunged get :class:`MessageGone`, never a crash.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import os
@@ -137,6 +138,34 @@ class Message:
         return _flags_of(self.filename)
 
 
+#: os.link errors that mean "copy instead": another filesystem, no hard links there, too many links
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def copy_file(src: int, dst: int, offset: int, count: int) -> None:
+    """Copy ``count`` bytes of ``src`` from ``offset`` to the end of ``dst``, inside the kernel
+    where it can (copy_file_range, which may share blocks on btrfs/XFS), else through a buffer."""
+    try:
+        while count > 0:
+            n = os.copy_file_range(src, dst, min(count, 1 << 30), offset)
+            if n == 0:
+                raise MailstoreError("spool file shorter than expected")
+            offset += n
+            count -= n
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    while count > 0:
+        chunk = os.pread(src, min(count, 1 << 20), offset)
+        if not chunk:
+            raise MailstoreError("spool file shorter than expected")
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view):]
+        offset += len(chunk)
+        count -= len(chunk)
+
 
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -234,6 +263,32 @@ class Maildir:
             os.unlink(tmp)
             raise
         os.close(fd)
+        os.rename(tmp, os.path.join(self.path, "new", name))
+        _dir_sync.sync(os.path.join(self.path, "new"))
+        return name
+
+    def deliver_link(self, source: str, size: int) -> str:
+        """Deliver the already-fsynced file ``source`` (a spooled message) atomically into ``new/``:
+        hard-linked into ``tmp/`` (so N recipients share one inode and one write), or copied and
+        fsynced where a link cannot be made (another filesystem), then renamed like :meth:`deliver`."""
+        self.ensure()
+        name = _unique_name(size)
+        tmp = os.path.join(self.path, "tmp", name)
+        try:
+            os.link(source, tmp)
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            with open(source, "rb") as src:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    copy_file(src.fileno(), fd, 0, size)
+                    os.fdatasync(fd)
+                except BaseException:
+                    os.close(fd)
+                    os.unlink(tmp)
+                    raise
+                os.close(fd)
         os.rename(tmp, os.path.join(self.path, "new", name))
         _dir_sync.sync(os.path.join(self.path, "new"))
         return name

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 
-from .maildir import Maildir
+from .maildir import Maildir, MailstoreError
 from .sieve import SieveStore
+from .spool import Spool
 
 
 class MailStore:
@@ -12,6 +13,8 @@ class MailStore:
 
     def __init__(self, data_dir: str):
         self.root = os.path.join(os.path.abspath(data_dir), "mail")
+        #: messages being received that outgrew memory (same filesystem as ``mail/``: hard links)
+        self.spool_dir = os.path.join(os.path.abspath(data_dir), "spool")
 
     def _account_dir(self, account: str) -> str:
         # Account names are validated (model.ACCOUNT_NAME_RE): no separators, no leading dot.
@@ -22,6 +25,23 @@ class MailStore:
 
     def sieve(self, account: str) -> SieveStore:
         return SieveStore(os.path.join(self._account_dir(account), "sieve"))
+
+    def new_spool(self) -> Spool:
+        """An empty spool for one message (no I/O until its first write)."""
+        return Spool(self.spool_dir)
+
+    def deliver_file(self, source: str, size: int, accounts: list[str]) -> dict[str, BaseException | None]:
+        """Like :meth:`deliver` for a fsynced file (a spooled message): linked, not rewritten."""
+        done: dict[str, BaseException | None] = {}
+        for account in accounts:
+            key = account.lower()
+            if key not in done:
+                try:
+                    self.maildir(account).deliver_link(source, size)
+                    done[key] = None
+                except (OSError, MailstoreError) as exc:
+                    done[key] = exc
+        return {account: done[account.lower()] for account in accounts}
 
     def deliver(self, message: bytes, accounts: list[str]) -> dict[str, BaseException | None]:
         """Deliver one copy per account (each atomic and durable, see :meth:`Maildir.deliver`).
