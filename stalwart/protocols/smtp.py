@@ -8,7 +8,8 @@ Recipients in a local ``Domain`` must belong to an ``Account`` (``550 5.1.1``); 
 refused to anonymous clients (``554 5.7.1 Relay access denied``) and, since this server has no
 outbound queue, answered ``451`` for authenticated ones. An accepted message gets a ``Received:``
 header and is stored in each recipient's Maildir by a :class:`~.base.Blocking` job; the ``250``
-(or LMTP's per-recipient replies) goes out only once the job has fsynced it.
+(or LMTP's per-recipient replies) goes out only once the job has fsynced it. A body larger than
+``spool_threshold`` goes to a spool file while it arrives (``smtp_data``, ``mailstore.spool``).
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ from . import mailcommon
 from .base import SessionContext
 from .lines import LineSession
 from .mailcommon import MailServices
+from .smtp_data import SPOOL_THRESHOLD, DataReader, deliver_spool_job, spool_job
 
 if TYPE_CHECKING:
-    from ..mailstore import MailStore
+    from ..mailstore import MailStore, Spool
 
 #: RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients per message
 MAX_RECIPIENTS = 100
@@ -68,7 +70,8 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
                  services: MailServices | None = None, max_duration_ms: int = 600000,
                  max_message_size: int = MAX_MESSAGE_SIZE, max_recipients: int = MAX_RECIPIENTS,
                  max_errors: int = MAX_ERRORS, max_rcpt_errors: int = MAX_RCPT_ERRORS,
-                 allow_plain_auth: bool = False, transfer_limit: int = 262144000):
+                 allow_plain_auth: bool = False, transfer_limit: int = 262144000,
+                 spool_threshold: int = SPOOL_THRESHOLD):
         super().__init__(ctx)
         self.lmtp = lmtp
         self._timeout_ms = timeout_ms
@@ -80,6 +83,8 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
         self.max_rcpt_errors = max_rcpt_errors
         self.allow_plain_auth = allow_plain_auth
         self.transfer_limit = transfer_limit  # MtaInboundSession.transferLimit: bytes per session
+        self.spool_threshold = spool_threshold  # DATA bytes held in memory before spooling to disk
+        self._spool: Spool | None = None
         self.received = 0
         self.helo: str | None = None
         self.account: AccountEntry | None = None
@@ -94,8 +99,12 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
     def _reset_transaction(self) -> None:
         self.mail_from: str | None = None
         self.rcpts: list[tuple[str, AccountEntry]] = []
-        self._data = bytearray()
-        self._oversize = False
+        self._data: DataReader | None = None
+        if self._spool is not None:
+            self._spool.discard()  # a no-op once delivered; otherwise the file must not outlive DATA
+        self._spool = None
+        self._spool_error: BaseException | None = None
+        self._head = b""  # a spooled message's first bytes, for the classifier
 
     # -- session interface ---------------------------------------------------------------------
     @property
@@ -330,45 +339,87 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
             # The CRLF that ended the DATA line starts the first body line: the terminator is
             # always CRLF "." CRLF, also for an empty body (RFC 5321 §4.1.1.4). Bare LF "." LF
             # never ends the message (SMTP smuggling).
-            self._data = bytearray(b"\r\n")
+            self._data = DataReader(self.max_message_size)
             self._read_raw(self._read_data)
 
     # -- DATA -----------------------------------------------------------------------------------
     def _read_data(self, buf: bytearray, start: int) -> int | None:
-        data = self._data
-        prior = len(data)
-        data += memoryview(buf)[start:]
-        end = data.find(b"\r\n.\r\n", max(0, prior - 4))
-        if end < 0:
-            if len(data) > self.max_message_size + 2:
-                # Oversized: drain what comes, answer once at the end (STYLE.md). Keep the tail
-                # that may hold the start of the terminator.
-                self._oversize = True
-                del data[:-4]
+        reader = self._data
+        consumed = reader.feed(buf, start)
+        if consumed < 0:
+            if reader.pending >= self.spool_threshold and not reader.oversize:
+                self._spool_chunk(reader)
+            elif reader.oversize and self._spool is not None:
+                self._drop_spool()
             return None
-        consumed = start + (end + 5 - prior)
         self._read_raw(None)
-        if self._oversize or end > self.max_message_size + 2:
+        body = reader.finish()
+        if reader.oversize:
+            # Drained to the end and answered once (STYLE.md); the spool, if any, is removed first.
+            spool, self._spool = self._spool, None
             self._reset_transaction()
-            self._send(b"552 5.3.4 Message too big for system.\r\n")
+            if spool is None:
+                self._send(b"552 5.3.4 Message too big for system.\r\n")
+            else:
+                self._block(spool.discard, (), lambda result, error: self._send(
+                    b"552 5.3.4 Message too big for system.\r\n"))
             return consumed
-        # RFC 5321 §4.5.2: a leading "." on a line was added by the client; remove it.
-        body = bytes(data[:end + 2]).replace(b"\r\n.", b"\r\n")[2:]
-        self._data = bytearray()
+        if self._spool_error is not None:
+            self._delivered(None, self._spool_error)  # a spool write failed (disk full): drained, 451/452
+            return consumed
         classifier = self.services.classifier
         if classifier is None:
             self._deliver(body, b"")
         else:
             # services.md §4.2: after the message is received, before the reply; classify()
             # returns within min(model timeout, 30 s) and fails open, so DATA is never stalled.
+            # A spooled message is judged by its first bytes, all that classify() parses anyway.
             from ..services.ai.classification import classify
 
-            self._await(classify, (body, classifier),
+            self._await(classify, (self._head + body if self._spool is not None else body, classifier),
                         lambda result, error: self._deliver(body, b"" if error else result.header()))
         return consumed
 
+    def _spool_chunk(self, reader: DataReader) -> None:
+        """Hand what is pending to the spool file: one job at a time (reading waits for it), so
+        the writes of a session never reorder and memory stays near ``spool_threshold``."""
+        chunk = reader.take()
+        if reader.oversize:
+            self._drop_spool()
+            return
+        if self._spool_error is not None:
+            return  # a write failed: drain to the end, then answer
+        received = None
+        if self._spool is None:
+            self._spool = self.services.store.new_spool()
+            received = self._received_header()
+            if self.services.classifier is not None:
+                from ..services.ai.classification import PARSE_LIMIT
+
+                self._head = bytes(chunk[:PARSE_LIMIT])
+        self._block(spool_job, (self._spool, received, chunk), self._spooled)
+
+    def _spooled(self, result: None, error: BaseException | None) -> None:
+        if error is not None:
+            self._spool_error = error  # the job removed the file; keep draining
+
+    def _drop_spool(self) -> None:
+        """Oversized: stop storing, and remove the file in a job (the session goes on draining)."""
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            self._block(spool.discard, (), lambda result, error: None)
+
+    def connection_closed(self) -> None:
+        # Mid-DATA or during delivery: the spool file goes (at once, or by the job holding it).
+        if self._spool is not None:
+            self._spool.discard()
+
     def _deliver(self, body: bytes, extra_headers: bytes) -> None:
         accounts = [acct.name for _, acct in self.rcpts]
+        if self._spool is not None:
+            self._block(deliver_spool_job, (self.services.store, self._spool, body, extra_headers, accounts),
+                        self._delivered)
+            return
         self._block(deliver_job, (self.services.store, self._received_header(), extra_headers + body, accounts),
                     self._delivered)
 

@@ -170,6 +170,11 @@ class Worker:
         self._report("R")
         self._ready_sent = True
         sweeper = loop.create_task(self._sweep())
+        if self.plan.extra.get("data_dir"):
+            # Spool files of a killed worker (mailstore/spool.py): removed once they are a day old.
+            from ..mailstore.spool import sweep as sweep_spool
+
+            loop.run_in_executor(self.executors["io"], sweep_spool, os.path.join(self.plan.extra["data_dir"], "spool"))
         expiry = loop.create_task(sweep_expired(self.caches.caches))
         renewer = loop.create_task(self._renew_licence()) if self.position == 1 else None
         await self._stop.wait()
