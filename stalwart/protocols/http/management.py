@@ -230,7 +230,7 @@ class ManagementApi:
             if expires is not None and now >= expires:
                 return _AuthFailed(name, "expired API key")
         if name.lower() not in self.admins:
-            return _AuthFailed(name, "not an administrator")
+            return _AuthFailed(user if scheme == "basic" else name, "not an administrator")  # Basic: as sent
         return name
 
     def _run(self, credential: tuple[str, str, str], calls: list[Call], counters: Any,
