@@ -473,9 +473,12 @@ class Maildir:
         gone: list[int] = []
         for msg in msgs:
             entry = found.get(msg.basename)
-            if entry is None:
-                continue  # expunged elsewhere: the next refresh reports it
-            sub, name = entry[0], entry[1]
+            try:
+                # Not in the scan: expunged elsewhere (the next refresh reports it), or being
+                # renamed by another session right then (the scan holds no lock): look once more.
+                sub, name = (entry[0], entry[1]) if entry is not None else self._locate(msg)
+            except MessageGone:
+                continue
             for _ in range(3):
                 if "\\Deleted" not in _flags_of(name):
                     break
