@@ -5,6 +5,10 @@ every A query, so pebble's validation connects to our loopback listeners) and pe
 config JSON and a WFE certificate made here (``ca_file`` is what the ACME client must trust).
 ``PEBBLE_VA_NOSLEEP=1`` skips pebble's random validation delay; its default 5 % ``badNonce``
 rejection stays on, so every test also exercises the nonce retry (anchors.md §5).
+
+``ChallengeHttp(data_dir)`` answers pebble's HTTP-01 requests from the challenge store for
+renewals run outside a stalwartd; its ``gate`` holds the answers back while cleared, so a test can
+keep an order in progress for as long as it needs.
 """
 from __future__ import annotations
 
@@ -14,7 +18,10 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
+import sys
+import threading
 import time
 import urllib.request
 
@@ -23,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from harness import free_port
+from harness import free_port, listener
 
 HAVE_PEBBLE = shutil.which("pebble") is not None and shutil.which("pebble-challtestsrv") is not None
 
@@ -133,3 +140,99 @@ class Pebble:
                     proc.kill()
                     proc.wait()
         self.procs = []
+
+
+def pebbles(tmp_path):
+    """The body of a ``pebble_factory`` fixture (``yield from pebbles(tmp_path)``): it yields
+    ``make(**Pebble kwargs)`` that starts a pebble; all are stopped at the end of the test."""
+    started = []
+
+    def make(**kwargs) -> Pebble:
+        peb = Pebble(str(tmp_path / f"pebble{len(started)}"), **kwargs).start()
+        started.append(peb)
+        return peb
+
+    yield make
+    for peb in started:
+        peb.stop()
+
+
+def presented_chain(port: int, sni: str, alpn: list[str] | None = None) -> list[x509.Certificate]:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=sni) as tls:
+            return [x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))]
+
+
+def cli(data_dir: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "import sys; from stalwart.cli import cli_main; sys.exit(cli_main())",
+                           "--data-dir", data_dir, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def leaf_fingerprint(path: str) -> str:
+    with open(path, "rb") as fh:
+        return x509.load_pem_x509_certificates(fh.read())[0].fingerprint(hashes.SHA256()).hex()
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not within {timeout} s")
+
+
+def server_config(http_port: int, tls_port: int, provider: dict, domain: dict) -> dict:
+    return {"SystemSettings": {"defaultHostname": "mail.example.test", "threadPoolSize": 2},
+            "NetworkListener": [listener("http", "http", http_port, useTls=False),
+                                listener("https", "http", tls_port, tlsImplicit=True)],
+            "AcmeProvider": [provider], "Domain": [domain]}
+
+
+class ChallengeHttp:
+    """A plain HTTP-01 responder over the challenge store, for in-process renewals.
+
+    ``requested`` is set when a validation request arrives; the answer waits until ``gate`` is set
+    (at most ``GATE_TIMEOUT`` seconds; it starts set)."""
+
+    GATE_TIMEOUT = 20.0
+
+    def __init__(self, data_dir: str):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from stalwart.services.acme.challenges import ChallengeStore
+
+        store = ChallengeStore(data_dir)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.requested = threading.Event()
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                outer.requested.set()
+                outer.gate.wait(outer.GATE_TIMEOUT)
+                answer = store.http_answer(self.path.rsplit("/", 1)[-1])
+                self.send_response(200 if answer else 404)
+                self.send_header("Content-Length", str(len(answer or b"")))
+                self.end_headers()
+                self.wfile.write(answer or b"")
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.srv.daemon_threads = True
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.gate.set()
+        self.srv.shutdown()
+        self.srv.server_close()

@@ -7,15 +7,13 @@ import json
 import os
 import socket
 import ssl
-import subprocess
-import sys
 import time
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from acme_util import HAVE_PEBBLE, Pebble
+from acme_util import HAVE_PEBBLE, ChallengeHttp, cli, leaf_fingerprint, pebbles, presented_chain, server_config, wait_for
 from knot_util import HAVE_KNOT, Knot
 from harness import Server, free_port, listener
 from stalwart.services.acme.challenges import ChallengeStore, Http01Solver
@@ -28,54 +26,7 @@ pytestmark = pytest.mark.skipif(not HAVE_PEBBLE, reason="pebble is not installed
 
 @pytest.fixture
 def pebble_factory(tmp_path):
-    started = []
-
-    def make(**kwargs) -> Pebble:
-        peb = Pebble(str(tmp_path / f"pebble{len(started)}"), **kwargs).start()
-        started.append(peb)
-        return peb
-
-    yield make
-    for peb in started:
-        peb.stop()
-
-
-def presented_chain(port: int, sni: str, alpn: list[str] | None = None) -> list[x509.Certificate]:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname=sni) as tls:
-            return [x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))]
-
-
-def cli(data_dir: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "import sys; from stalwart.cli import cli_main; sys.exit(cli_main())",
-                           "--data-dir", data_dir, *args], capture_output=True, text=True, timeout=20)
-
-
-def leaf_fingerprint(path: str) -> str:
-    with open(path, "rb") as fh:
-        return x509.load_pem_x509_certificates(fh.read())[0].fingerprint(hashes.SHA256()).hex()
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not within {timeout} s")
-
-
-def server_config(http_port: int, tls_port: int, provider: dict, domain: dict) -> dict:
-    return {"SystemSettings": {"defaultHostname": "mail.example.test", "threadPoolSize": 2},
-            "NetworkListener": [listener("http", "http", http_port, useTls=False),
-                                listener("https", "http", tls_port, tlsImplicit=True)],
-            "AcmeProvider": [provider], "Domain": [domain]}
+    yield from pebbles(tmp_path)
 
 
 def test_account_and_bad_nonce_retry_direct(pebble_factory, tmp_path):
@@ -275,35 +226,6 @@ def test_acme_tls_alpn_handshake_is_answered_then_closed(tmp_path):
         srv.stop()
 
 
-class _ChallengeHttp:
-    """A plain HTTP-01 responder over the challenge store, for in-process renewals."""
-
-    def __init__(self, data_dir: str):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        store = ChallengeStore(data_dir)
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                answer = store.http_answer(self.path.rsplit("/", 1)[-1])
-                self.send_response(200 if answer else 404)
-                self.send_header("Content-Length", str(len(answer or b"")))
-                self.end_headers()
-                self.wfile.write(answer or b"")
-
-        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.srv.server_address[1]
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.srv.shutdown()
-        self.srv.server_close()
-
-
 @pytest.mark.slow
 def test_rollover_revoke_deactivate(pebble_factory, tmp_path):
     """Operator actions (tls.md §6 "We do better") against pebble: the rolled-over key keeps
@@ -314,7 +236,7 @@ def test_rollover_revoke_deactivate(pebble_factory, tmp_path):
     from stalwart.services.acme.state import AcmeState
 
     data = str(tmp_path / "data")
-    web = _ChallengeHttp(data)
+    web = ChallengeHttp(data)
     try:
         peb = pebble_factory(http_port=web.port)
         cfg = parse_bytes(json.dumps({
@@ -352,7 +274,7 @@ def test_preferred_chain_follows_alternate_links(pebble_factory, tmp_path):
     from stalwart.services.acme.renewal import renew
 
     data = str(tmp_path / "data")
-    web = _ChallengeHttp(data)
+    web = ChallengeHttp(data)
     try:
         peb = pebble_factory(http_port=web.port, env={"PEBBLE_ALTERNATE_ROOTS": "2"})
         ctx = ssl.create_default_context(cafile=peb.ca_file)
@@ -408,7 +330,7 @@ def test_reuse_key_and_contact_update(pebble_factory, tmp_path):
     from stalwart.services.acme.state import AcmeState
 
     data = str(tmp_path / "data")
-    web = _ChallengeHttp(data)
+    web = ChallengeHttp(data)
     try:
         peb = pebble_factory(http_port=web.port)
 
