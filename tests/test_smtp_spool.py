@@ -23,7 +23,7 @@ from stalwart.mailstore import spool as spool_mod
 from stalwart.mailstore.maildir import copy_file
 from stalwart.protocols.base import NEED_DATA, Blocking
 from stalwart.protocols.smtp import SmtpSession
-from stalwart.protocols.smtp_data import SPOOL_THRESHOLD, DataReader
+from stalwart.protocols.smtp_data import NEED_MORE, SPOOL, SPOOL_THRESHOLD, DataReader
 
 # Bodies made of the pieces that matter for dot-stuffing and the terminator.
 PIECES = [b".", b"..", b"\r", b"\n", b"\r\n", b"\r\n.", b"\r\n.\r\n", b"a", b"xyz", b"\n.\n"]
@@ -59,7 +59,8 @@ def read_all(reader: DataReader, chunks: list[bytes], threshold: int) -> tuple[b
         if end >= 0:
             out += reader.finish()
             return bytes(out), chunk[end:] + b"".join(chunks[i + 1:]), peak
-        if reader.pending >= threshold and not reader.oversize:
+        assert end == (SPOOL if reader.pending >= threshold and not reader.oversize else NEED_MORE)
+        if end == SPOOL:
             out += reader.take()
     raise AssertionError("terminator not found")
 
@@ -70,7 +71,7 @@ def read_all(reader: DataReader, chunks: list[bytes], threshold: int) -> tuple[b
 def test_reader_any_chunking_gives_the_unstuffed_body(body, cuts, threshold, trailer):
     wire = stuff(body) + trailer
     chunks = split(wire, cuts)
-    reader = DataReader(max_size=10 ** 9)
+    reader = DataReader(max_size=10 ** 9, threshold=threshold)
     got, rest, peak = read_all(reader, chunks, threshold)
     assert got == body
     assert rest == trailer
@@ -82,7 +83,7 @@ def test_reader_any_chunking_gives_the_unstuffed_body(body, cuts, threshold, tra
 @given(body=bodies, cuts=st.lists(st.integers(0, 10 ** 6), max_size=30), threshold=st.integers(1, 40),
        limit=st.integers(0, 200))
 def test_reader_limit_is_exact_on_the_unstuffed_size(body, cuts, threshold, limit):
-    reader = DataReader(max_size=limit)
+    reader = DataReader(max_size=limit, threshold=threshold)
     got, rest, _ = read_all(reader, split(stuff(body) + b"NOOP\r\n", cuts), threshold)
     assert rest == b"NOOP\r\n"  # drained to the terminator whatever the size
     assert reader.oversize == (len(body) > limit)
@@ -93,7 +94,7 @@ def test_reader_limit_is_exact_on_the_unstuffed_size(body, cuts, threshold, limi
 def test_reader_drains_oversize_in_constant_memory():
     reader = DataReader(max_size=1000)
     for _ in range(200):
-        assert reader.feed(bytearray(b"y" * 4000 + b"\r\n"), 0) == -1
+        assert reader.feed(bytearray(b"y" * 4000 + b"\r\n"), 0) == NEED_MORE
         assert reader.pending < 5000
     assert reader.oversize
     assert reader.feed(bytearray(b".\r\n"), 0) == 3 and reader.finish() == b""
@@ -102,7 +103,7 @@ def test_reader_drains_oversize_in_constant_memory():
 def test_reader_never_ends_on_bare_lf_dot():
     reader = DataReader(max_size=10 ** 6)
     for piece in (b"a\n.\n", b"b\r.\r", b"c\n.\r\n", b"d\r\n.\n"):
-        assert reader.feed(bytearray(piece), 0) == -1
+        assert reader.feed(bytearray(piece), 0) == NEED_MORE
     assert reader.feed(bytearray(b"\r\n.\r\n"), 0) == 5
     assert reader.finish() == b"a\n.\nb\r.\rc\n.\r\nd\r\n\n\r\n"
 
@@ -246,6 +247,34 @@ def test_copy_when_a_link_cannot_be_made(tmp_path, monkeypatch):
     (jane,), (bob,) = maildir_files(tmp_path, "jane"), maildir_files(tmp_path, "bob")
     assert read(jane) == read(bob) and read(jane).endswith(body)
     assert os.stat(jane).st_ino != os.stat(bob).st_ino and spool_files(tmp_path) == []
+
+
+def test_lmtp_spooled_message_one_recipient_failing(tmp_path):
+    """RFC 2033 §4.2 with a spooled message: each recipient's own outcome, in RCPT order."""
+    os.makedirs(tmp_path / "mail")
+    (tmp_path / "mail" / "bob").write_bytes(b"")  # bob's Maildir cannot be created
+    core = session(tmp_path, lmtp=True, threshold=16)
+    body = b"Subject: y\r\n\r\n" + b"line\r\n" * 40
+    out = replies(drive(core, [ENVELOPE.replace(b"EHLO", b"LHLO"), stuff(body)]))
+    assert out.endswith(b"250 2.1.5 <jane@example.org> delivered.\r\n"
+                        b"451 4.3.0 <bob@example.org> temporary failure, try again later.\r\n")
+    (jane,) = maildir_files(tmp_path, "jane")
+    assert read(jane).endswith(body) and spool_files(tmp_path) == []
+
+
+def test_spool_deliver_puts_a_late_header_after_received(tmp_path):
+    """The classification header is known only at the end: the one case that copies."""
+    from stalwart.mailstore import MailStore
+
+    store = MailStore(str(tmp_path))
+    spool = store.new_spool()
+    spool.append(b"Received: from x;\r\n\tdate\r\n", b"Subject: s\r\n\r\n")
+    outcome = spool.deliver(store, b"body\r\n", b"X-Spam-LLM: SPAM\r\n", ["jane", "bob"])
+    assert outcome == {"jane": None, "bob": None}
+    (jane,), (bob,) = maildir_files(tmp_path, "jane"), maildir_files(tmp_path, "bob")
+    assert read(jane) == b"Received: from x;\r\n\tdate\r\nX-Spam-LLM: SPAM\r\nSubject: s\r\n\r\nbody\r\n"
+    assert jane.endswith(f",S={len(read(jane))}") and os.stat(jane).st_ino == os.stat(bob).st_ino
+    assert os.listdir(tmp_path / "spool") == []
 
 
 def test_copy_file_from_an_offset(tmp_path):
@@ -435,3 +464,30 @@ def test_worker_killed_mid_data_leaves_nothing_in_new(server):
     leftover = e2e_spool(srv)
     assert len(leftover) == 1
     os.unlink(os.path.join(srv.data_dir, "spool", leftover[0]))  # a day from now, a worker would
+
+
+@pytest.mark.slow
+def test_spooled_message_is_classified_and_the_header_follows_received(tmp_path):
+    """services.md §4.2 on a message over the spool threshold: the model sees its first bytes and
+    the header lands between Received: and the body (the one spooled case that copies)."""
+    from test_ai_smtp_e2e import start
+    from test_ai_support import FakeOpenAi
+
+    body = b"From: a@example.net\r\nTo: jane@example.org\r\nSubject: Ink\r\n\r\nCheap printer ink.\r\n" + \
+        b"filler line of an attachment, long enough\r\n" * (3 * 2 ** 20 // 44)
+    with FakeOpenAi() as model:
+        model.reply = "Commercial,Medium,Printer ink offer"
+        srv, port = start(tmp_path, model.url("/v1/chat/completions"), "valid")
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+                s.sendmail("a@example.net", ["jane@example.org"], body)
+            (path,) = e2e_new(srv, "jane")
+            assert os.listdir(os.path.join(srv.data_dir, "spool")) == []
+        finally:
+            srv.stop()
+        assert "Subject: Ink\n\nCheap printer ink." in model.requests[-1].json()["messages"][0]["content"]
+    message = read(path)
+    received, rest = message.split(b";\r\n\t", 1)
+    assert received.startswith(b"Received: from ")
+    date, rest = rest.split(b"\r\n", 1)
+    assert rest == b"X-Spam-LLM: COMMERCIAL; confidence=MEDIUM (Printer ink offer)\r\n" + body

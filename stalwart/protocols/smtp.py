@@ -23,7 +23,7 @@ from . import mailcommon
 from .base import SessionContext
 from .lines import LineSession
 from .mailcommon import MailServices
-from .smtp_data import SPOOL_THRESHOLD, DataReader, deliver_spool_job, spool_job
+from .smtp_data import SPOOL, SPOOL_THRESHOLD, DataReader, deliver_spool_job, spool_job
 
 if TYPE_CHECKING:
     from ..mailstore import MailStore, Spool
@@ -84,7 +84,9 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
         self.allow_plain_auth = allow_plain_auth
         self.transfer_limit = transfer_limit  # MtaInboundSession.transferLimit: bytes per session
         self.spool_threshold = spool_threshold  # DATA bytes held in memory before spooling to disk
-        self._spool: Spool | None = None
+        self._spool: Spool | None = None  # set while a DATA body goes to disk, with the two below
+        self._spool_error: BaseException | None = None  # a spool write failed: drain, then 451
+        self._head = b""  # a spooled message's first bytes, for the classifier
         self.received = 0
         self.helo: str | None = None
         self.account: AccountEntry | None = None
@@ -102,9 +104,8 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
         self._data: DataReader | None = None
         if self._spool is not None:
             self._spool.discard()  # a no-op once delivered; otherwise the file must not outlive DATA
-        self._spool = None
-        self._spool_error: BaseException | None = None
-        self._head = b""  # a spooled message's first bytes, for the classifier
+            self._spool = None
+            self._head = b""
 
     # -- session interface ---------------------------------------------------------------------
     @property
@@ -339,7 +340,7 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
             # The CRLF that ended the DATA line starts the first body line: the terminator is
             # always CRLF "." CRLF, also for an empty body (RFC 5321 §4.1.1.4). Bare LF "." LF
             # never ends the message (SMTP smuggling).
-            self._data = DataReader(self.max_message_size)
+            self._data = DataReader(self.max_message_size, self.spool_threshold)
             self._read_raw(self._read_data)
 
     # -- DATA -----------------------------------------------------------------------------------
@@ -347,9 +348,9 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
         reader = self._data
         consumed = reader.feed(buf, start)
         if consumed < 0:
-            if reader.pending >= self.spool_threshold and not reader.oversize:
+            if consumed == SPOOL:
                 self._spool_chunk(reader)
-            elif reader.oversize and self._spool is not None:
+            elif self._spool is not None and reader.oversize:
                 self._drop_spool()
             return None
         self._read_raw(None)
@@ -364,7 +365,7 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
                 self._block(spool.discard, (), lambda result, error: self._send(
                     b"552 5.3.4 Message too big for system.\r\n"))
             return consumed
-        if self._spool_error is not None:
+        if self._spool is not None and self._spool_error is not None:
             self._delivered(None, self._spool_error)  # a spool write failed (disk full): drained, 451/452
             return consumed
         classifier = self.services.classifier
@@ -387,11 +388,13 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
         if reader.oversize:
             self._drop_spool()
             return
-        if self._spool_error is not None:
+        if self._spool is not None and self._spool_error is not None:
             return  # a write failed: drain to the end, then answer
         received = None
         if self._spool is None:
             self._spool = self.services.store.new_spool()
+            self._spool_error = None
+            self._head = b""
             received = self._received_header()
             if self.services.classifier is not None:
                 from ..services.ai.classification import PARSE_LIMIT

@@ -27,20 +27,23 @@ from __future__ import annotations
 SPOOL_THRESHOLD = 1 << 20
 
 _TERMINATOR = b"\r\n.\r\n"
+#: :meth:`DataReader.feed`: the end is not here yet; and: nor is it, but ``threshold`` bytes are pending
+NEED_MORE, SPOOL = -1, -2
 
 
 class DataReader:
     """One DATA body. :meth:`feed` raw bytes until it returns an offset, :meth:`take` unstuffed
     chunks when :attr:`pending` grows, then :meth:`finish` for the rest of the body."""
 
-    __slots__ = ("_buf", "_end", "max_size", "oversize", "size")
+    __slots__ = ("_buf", "_end", "max_size", "oversize", "size", "threshold")
 
-    def __init__(self, max_size: int):
+    def __init__(self, max_size: int, threshold: int = SPOOL_THRESHOLD):
         self._buf = bytearray(b"\r\n")  # context: the CRLF that ended the DATA line starts line one
         self._end = -1
         self.size = 0  # unstuffed bytes handed out by take() and finish()
         self.oversize = False
         self.max_size = max_size
+        self.threshold = threshold
 
     @property
     def pending(self) -> int:
@@ -48,8 +51,9 @@ class DataReader:
         return len(self._buf)
 
     def feed(self, buf: bytearray, start: int) -> int:
-        """Take ``buf[start:]``; -1 when the end is not in it (every byte taken), else the offset in
-        ``buf`` just after the terminator (the bytes from there on are commands again)."""
+        """Take ``buf[start:]``. Returns the offset in ``buf`` just after the terminator (the bytes from
+        there on are commands again); or, every byte taken, :data:`SPOOL` when ``threshold`` bytes
+        are pending (call :meth:`take`), else :data:`NEED_MORE`."""
         data = self._buf
         prior = len(data)
         data += memoryview(buf)[start:]
@@ -60,7 +64,8 @@ class DataReader:
         if self.size + len(data) - 2 > self.max_size and (self.oversize or self._certain() > self.max_size):
             self.oversize = True
             del data[:-4]  # drained; the tail may hold the start of the terminator
-        return -1
+            return NEED_MORE
+        return SPOOL if len(data) >= self.threshold and not self.oversize else NEED_MORE
 
     def _certain(self) -> int:
         """Unstuffed body bytes seen so far, not counting the last three raw bytes: they may be the
@@ -91,7 +96,6 @@ class DataReader:
             return b""
         # RFC 5321 §4.5.2: a leading "." on a line was added by the client; remove it.
         body = bytes(self._buf[:self._end + 2]).replace(b"\r\n.", b"\r\n")[2:]
-        self._buf = bytearray()
         self.size += len(body)
         if self.size > self.max_size:
             self.oversize = True
