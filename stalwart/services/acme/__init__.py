@@ -19,5 +19,8 @@ How it fits together:
 * HTTP-01 answers are served by every HTTP listener, TLS-ALPN-01 by implicit-TLS HTTP listeners
   (:mod:`.alpn`, through ``Worker.tls_context`` and the peeked ClientHello);
 * ``stalwart-cli acme status|renew DOMAIN`` talk to the master; ``acme rollover|deactivate PROVIDER``
-  and ``acme revoke DOMAIN`` act on the CA from ``--config`` and ``--data-dir`` (:mod:`.actions`).
+  and ``acme revoke DOMAIN`` act on the CA from ``--config`` and ``--data-dir`` (:mod:`.actions`);
+  ``acme rollback DOMAIN`` serves the certificate the last renewal replaced (:mod:`.state` keeps them);
+* the CLI actions and each renewal's order hold the provider's lock (:mod:`.lock`), so they never
+  interleave on one account's files.
 """

@@ -6,14 +6,34 @@
   (``acme.renew``); the server installs it live when the order completes;
 * ``acme rollover PROVIDER``, ``acme deactivate PROVIDER``, ``acme revoke DOMAIN [--reason N]`` —
   account key rollover, account deactivation and revocation at the CA (:mod:`.actions`), run from
-  ``--config`` and ``--data-dir``.
+  ``--config`` and ``--data-dir``;
+* ``acme rollback DOMAIN`` — serve the certificate a renewal replaced again (a CA issued one that
+  clients reject), then ask the running server to reload certificates.
+
+The offline actions take the provider's lock (:mod:`.lock`) and wait for a running renewal at most
+``--wait`` seconds (default 30), then fail naming the holder. ``acme status`` shows each domain's
+replaced certificates and who holds its provider's lock.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
 from ...errors import ControlError
+
+LOCK_WAIT = 30.0  # s: default of --wait (and of the functions in .actions)
+OFFLINE = ("rollover", "deactivate", "revoke", "rollback")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds between 0 and 3600")
+    return value
 
 
 def add_acme_parser(sub, common) -> None:
@@ -29,10 +49,13 @@ def add_acme_parser(sub, common) -> None:
     renew.add_argument("domain")
     for name, target, help_ in (("rollover", "provider", "replace the account key of an AcmeProvider (RFC 8555 §7.3.5)"),
                                 ("deactivate", "provider", "deactivate the account of an AcmeProvider (§7.3.6)"),
-                                ("revoke", "domain", "revoke the installed certificate of DOMAIN (§7.6)")):
+                                ("revoke", "domain", "revoke the installed certificate of DOMAIN (§7.6)"),
+                                ("rollback", "domain", "serve the previous certificate of DOMAIN again")):
         p = actions.add_parser(name, help=help_)
         common(p, suppress=True)
         p.add_argument(target)
+        p.add_argument("--wait", type=_seconds, default=LOCK_WAIT, metavar="SECONDS",
+                       help=f"how long to wait for a running renewal to finish (default {LOCK_WAIT:g})")
         if name == "revoke":
             p.add_argument("--reason", type=int, choices=[0, 1, 3, 4, 5], help="RFC 5280 reason code")
 
@@ -48,37 +71,65 @@ def _when(seconds: int) -> str:
 
 
 def offline(args, data_dir: str) -> int:
-    """rollover, deactivate and revoke: from --config and --data-dir, no running server needed."""
+    """rollover, deactivate, revoke and rollback: from --config and --data-dir, no running server needed."""
     import asyncio
 
     from ...config import load
     from ...errors import StalwartError
     from . import actions
+    from .lock import describe
 
     if not getattr(args, "config", None):
         print(f"stalwart-cli: acme {args.action} needs --config FILE", file=sys.stderr)
         return 2
+
+    def waiting(info) -> None:
+        print(f"stalwart-cli: waiting up to {args.wait:g} s for {describe(info)}", file=sys.stderr, flush=True)
+
+    lock = {"wait": args.wait, "on_wait": waiting}
     try:
         cfg = load(args.config)
         if args.action == "rollover":
-            message = asyncio.run(actions.rollover(cfg, args.provider, data_dir))
+            message = asyncio.run(actions.rollover(cfg, args.provider, data_dir, **lock))
         elif args.action == "deactivate":
-            message = asyncio.run(actions.deactivate(cfg, args.provider, data_dir))
+            message = asyncio.run(actions.deactivate(cfg, args.provider, data_dir, **lock))
+        elif args.action == "revoke":
+            message = asyncio.run(actions.revoke(cfg, args.domain, data_dir, args.reason, **lock))
         else:
-            message = asyncio.run(actions.revoke(cfg, args.domain, data_dir, args.reason))
+            message = asyncio.run(actions.rollback(cfg, args.domain, data_dir, **lock))
     except StalwartError as exc:
         print(f"stalwart-cli: {exc}", file=sys.stderr)
         return 1
     print(message)
+    if args.action == "rollback":
+        return _reload_certificates(data_dir)
+    return 0
+
+
+def _reload_certificates(data_dir: str) -> int:
+    """The restored file is in place; make the running server serve it now (without a server, it
+    is served from the next start)."""
+    from ...server.control import request
+
+    try:
+        reply = request(data_dir, "reload-certificates")
+    except ControlError as exc:
+        print(f"no running server to reload ({exc}); it serves the restored certificate when it starts")
+        return 0
+    if not reply.get("ok"):
+        print(f"stalwart-cli: reload-certificates: {reply.get('error', 'failed')}", file=sys.stderr)
+        return 1
+    print(f"reload-certificates: {reply.get('message', 'ok')}")
     return 0
 
 
 def run(args, data_dir: str) -> int:
     from ...server.control import request
 
-    if args.action in ("rollover", "deactivate", "revoke"):
+    if args.action in OFFLINE:
         return offline(args, data_dir)
     from ...tls.certs import iso_time
+    from .lock import describe
 
     payload = {"domain": args.domain} if args.action == "renew" else {}
     try:
@@ -104,4 +155,9 @@ def run(args, data_dir: str) -> int:
         if e.get("attempts"):
             line += f"  ({e['attempts']} failed: {e.get('lastError')})"
         print(line)
+        if e.get("lockedBy"):
+            print(f"    locked by {describe(e['lockedBy'])}")
+        for h in e.get("history") or ():
+            when = f"expires {iso_time(h['notAfter'])}" if h.get("notAfter") else "unreadable"
+            print(f"    previous: serial {h['serial']}, {when}, replaced {iso_time(h['archivedAt'])}")
     return 0

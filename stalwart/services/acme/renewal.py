@@ -23,9 +23,14 @@ from .challenges import ChallengeStore, Http01Solver, TlsAlpn01Solver
 from .client import AcmeClient, AcmeError, ChallengeSolver, ari_cert_id
 from .config import RENEW_FRACTION, AcmeProvider, CertificateAutomatic, normalize_contact
 from .http import HttpClient
+from .jws import AccountKey
+from .lock import ProviderLock
 from .state import AcmeState
 
 MIN_VALIDITY = 3600.0  # s: tls.md §7.2 step 7
+# s: how long a renewal waits for the provider lock (a CLI action); then a temporary failure that
+# the scheduler retries with its backoff, so the lock is never held or waited for across retries.
+LOCK_WAIT = 120.0
 
 
 class PermanentError(AcmeError):
@@ -133,10 +138,20 @@ async def _ari_due(client: AcmeClient, cert: ParsedCertificate, rng: random.Rand
     return at
 
 
+def _matches(cert: ParsedCertificate | None, names: Sequence[str], now: float) -> bool:
+    """Whether ``cert`` is the one to renew: the requested names, valid now."""
+    return cert is not None and cert.subject_alternative_names == tuple(sorted(names)) and cert.usable_at(now)
+
+
 async def renew(cfg: Config, domain_name: str, data_dir: str, *, force: bool = False,
-                clock=time.time, http: HttpClient | None = None, rng: random.Random | None = None) -> dict:
+                clock=time.time, http: HttpClient | None = None, rng: random.Random | None = None,
+                lock_wait: float = LOCK_WAIT) -> dict:
     """Run one renewal. Returns ``{"status": "issued"|"not-due", "renewAt", "notAfter", "names"}``;
-    raises :class:`AcmeError` (``temporary`` tells the scheduler whether to retry)."""
+    raises :class:`AcmeError` (``temporary`` tells the scheduler whether to retry).
+
+    The "is it due" check needs no lock (ARI is an unauthenticated GET); the order, from the account
+    to the installed certificate, runs under the provider's lock (:mod:`.lock`) and starts by
+    re-reading the account, so a rollover or deactivation done meanwhile by ``stalwart-cli`` is used."""
     domain = find_domain(cfg, domain_name)
     mgmt = domain.certificate_management
     if not isinstance(mgmt, CertificateAutomatic):
@@ -144,25 +159,36 @@ async def renew(cfg: Config, domain_name: str, data_dir: str, *, force: bool = F
     provider = find_provider(cfg, mgmt.acme_provider_id)
     names = requested_names(cfg, domain.name, mgmt, provider)
     state = AcmeState(data_dir)
+    http = http or HttpClient(ca_file=provider.ca_file)
+
     current = state.certificate(domain.name)
-    now = clock()
-    matching = (current is not None and current.subject_alternative_names == tuple(sorted(names))
-                and current.usable_at(now))
-    contact = [normalize_contact(c) for c in provider.contact]
-    key, uri, registered = state.load_account(provider.id, provider.directory)
-    client = AcmeClient(provider.directory, key, http or HttpClient(ca_file=provider.ca_file), account_uri=uri,
-                        clock=clock)
-    replaces = None
-    if matching and not force:
-        due_at = await _ari_due(client, current, rng or random.Random())
+    ari_used = False
+    if _matches(current, names, clock()) and not force:
+        account = state.read_account(provider.id, provider.directory)
+        # Without an account yet, any key will do: renewalInfo is fetched unsigned (RFC 9773 §4.1).
+        probe = AcmeClient(provider.directory, account[0] if account else AccountKey.generate(), http, clock=clock)
+        due_at = await _ari_due(probe, current, rng or random.Random())
         if due_at is None:
             due_at = renew_at(current, provider.renew_before)
         else:
-            replaces = _cert_id(current)
-        if now < due_at:
+            ari_used = True
+        if clock() < due_at:
             return {"status": "not-due", "renewAt": due_at, "notAfter": current.not_valid_after, "names": names}
-    elif matching:
-        replaces = _cert_id(current)
+    async with ProviderLock(data_dir, provider.id).held(f"renewal of {domain.name}", lock_wait):
+        return await _order(cfg, domain, provider, names, data_dir, http, clock, force or ari_used)
+
+
+async def _order(cfg: Config, domain, provider: AcmeProvider, names: list[str], data_dir: str, http: HttpClient,
+                 clock, replacing: bool) -> dict:
+    """The locked part of :func:`renew`: everything is read again, a rollback or rollover may have
+    happened while the lock was waited for. ``replacing``: name the current certificate in the
+    order's ``replaces`` (RFC 9773 §5) when it still matches."""
+    state = AcmeState(data_dir)
+    current = state.certificate(domain.name)
+    replaces = _cert_id(current) if replacing and _matches(current, names, clock()) else None
+    contact = [normalize_contact(c) for c in provider.contact]
+    key, uri, registered = state.load_account(provider.id, provider.directory)
+    client = AcmeClient(provider.directory, key, http, account_uri=uri, clock=clock)
     eab = None
     if provider.eab_key_id and provider.eab_hmac_key is not None:
         eab = (provider.eab_key_id, resolve(provider.eab_hmac_key, "eabHmacKey") or "")
@@ -188,7 +214,7 @@ async def renew(cfg: Config, domain_name: str, data_dir: str, *, force: bool = F
     leaf = parse_certificate(issued.chain_pem, issued.key_pem)  # checked before anything is replaced
     if leaf.not_valid_after - clock() < MIN_VALIDITY:
         raise PermanentError(f"issued certificate is valid for less than {MIN_VALIDITY:.0f} s")
-    cert = state.install(domain.name, issued.chain_pem, issued.key_pem)
+    cert = state.install(domain.name, issued.chain_pem, issued.key_pem)  # archives the one it replaces
     state.save_order(domain.name, {"url": issued.order_url, "names": names, "finishedAt": clock(),
                                    "fingerprint": cert.fingerprint})
     return {"status": "issued", "renewAt": renew_at(cert, provider.renew_before), "notAfter": cert.not_valid_after,

@@ -40,6 +40,7 @@ from ...config.model import Config
 from ...config.types import enc_hook
 from ..dnsproviders.config import DnsManagementAutomatic
 from .config import CertificateAutomatic
+from .lock import holder
 from .state import AcmeState
 
 RETRY_INITIAL = 60.0
@@ -286,6 +287,10 @@ class AcmeScheduler:
                          "notAfter": cert.not_valid_after if cert else None,
                          "names": list(cert.subject_alternative_names) if cert else None,
                          "fingerprint": cert.fingerprint if cert else None}
+            if not name.startswith(DNS_PREFIX):
+                out[name]["history"] = [h.to_json() for h in self.state.history(name)]
+                provider = self._provider_of(name)
+                out[name]["lockedBy"] = holder(self.data_dir, provider.id) if provider is not None else None
         return out
 
     def close(self) -> None:

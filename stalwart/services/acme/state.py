@@ -7,22 +7,64 @@ here the configuration file is operator-written, so server-set state lives besid
 |---|---|
 | ``accounts/<provider-id>.json`` | directory URL, account URI, contacts and the PKCS#8 PEM account key (0600) |
 | ``certs/<domain>.pem`` | the issued chain then its key (0600); the TLS store serves every file here |
+| ``certs/.history/<domain>/<archived-at>-<serial>.pem`` | the certificates a renewal replaced, newest \
+last, at most :data:`HISTORY_KEEP` (0600); never served: the store skips dot-names and directories |
+| ``certs/.history/<domain>/rolled-back/`` | what ``acme rollback`` took out of service, for inspection |
+| ``locks/<provider-id>.lock`` | the provider's advisory lock and its holder (:mod:`.lock`) |
 | ``orders/<domain>.json`` | the last order: URL, names, when it finished |
 | ``schedule.json`` | per domain: next renewal, attempts, last error (the scheduler's memory) |
 
 Every write is atomic (temporary file and rename), so a crash leaves the old or the new file.
+
+Why keep replaced certificates: a CA can issue a certificate that parses and matches its key but
+that clients reject (a broken or cross-signed chain, a wrong intermediate, a policy change).
+``stalwart-cli acme rollback DOMAIN`` puts the previous one back at once, without waiting for the CA.
+It is not for key compromise: a compromised key is handled by ``acme revoke`` and a new order, and
+rolling back to a certificate of a compromised key would be wrong.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
+import time
+from dataclasses import dataclass
+
+from cryptography import x509
 
 from ...tls.certs import CertificateError, ParsedCertificate, parse_certificate
 from .challenges import acme_dir, write_private
+from .client import AcmeError
 from .jws import AccountKey
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
+HISTORY_KEEP = 3  # replaced certificates kept per domain
+HISTORY_DIR = ".history"  # a dot-name: tls.certs.read_directory never serves what is under it
+ROLLED_BACK = "rolled-back"
+
+
+class RollbackError(AcmeError):
+    """Nothing usable to roll back to."""
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One replaced certificate; ``cert`` is None when the file no longer parses."""
+
+    path: str
+    archived_at: float
+    serial: str
+    cert: ParsedCertificate | None
+
+    def to_json(self) -> dict:
+        return {"file": os.path.basename(self.path), "archivedAt": self.archived_at, "serial": self.serial,
+                "notAfter": self.cert.not_valid_after if self.cert else None,
+                "fingerprint": self.cert.fingerprint if self.cert else None}
+
+
+def leaf_serial(cert: ParsedCertificate) -> str:
+    return format(x509.load_pem_x509_certificates(cert.chain_pem)[0].serial_number, "x")
 
 
 def _safe(name: str) -> str:
@@ -62,6 +104,17 @@ class AcmeState:
         doc = {"directory": directory, "accountUri": uri, "contact": contact, "keyPem": key.to_pem().decode("ascii")}
         write_private(self._path("accounts", f"{_safe(provider_id)}.json"), json.dumps(doc, indent=1).encode())
 
+    def read_account(self, provider_id: str, directory: str) -> tuple[AccountKey, str | None] | None:
+        """Like :meth:`load_account` but never writes: None when there is no usable account file."""
+        try:
+            with open(self._path("accounts", f"{_safe(provider_id)}.json"), encoding="utf-8") as fh:
+                doc = json.load(fh)
+            if doc.get("directory") == directory:
+                return AccountKey.from_pem(doc["keyPem"].encode("ascii")), doc.get("accountUri")
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
     def account_uri(self, provider_id: str) -> str | None:
         try:
             with open(self._path("accounts", f"{_safe(provider_id)}.json"), encoding="utf-8") as fh:
@@ -73,10 +126,15 @@ class AcmeState:
     def cert_path(self, domain: str) -> str:
         return self._path("certs", f"{_safe(domain)}.pem")
 
-    def install(self, domain: str, chain_pem: bytes, key_pem: bytes) -> ParsedCertificate:
+    def install(self, domain: str, chain_pem: bytes, key_pem: bytes, keep: int = HISTORY_KEEP) -> ParsedCertificate:
         """Check the chain and key, then write them where the TLS store reads them (tls.md §7.2
-        step 8); raises :class:`CertificateError` before writing when they do not parse or match."""
+        step 8); raises :class:`CertificateError` before writing when they do not parse or match.
+        The certificate being replaced is archived first (at most ``keep`` are kept)."""
         parsed = parse_certificate(chain_pem, key_pem, cert_id=f"file:{_safe(domain)}")
+        current = self.certificate(domain)
+        if current is not None and current.fingerprint != parsed.fingerprint:
+            self._archive(current, self.history_dir(domain))
+            self._prune(self.history_dir(domain), keep)
         write_private(self.cert_path(domain), parsed.chain_pem + parsed.key_pem)
         return parsed
 
@@ -87,6 +145,76 @@ class AcmeState:
             return parse_certificate(text, text, cert_id=f"file:{_safe(domain)}")
         except (OSError, CertificateError):
             return None
+
+    # -- history and rollback ----------------------------------------------------------------------
+    def history_dir(self, domain: str) -> str:
+        return self._path("certs", HISTORY_DIR, _safe(domain))
+
+    @staticmethod
+    def _archive(cert: ParsedCertificate, directory: str) -> str:
+        # The name sorts by when the certificate left service: the newest entry is the one served
+        # just before the current one, whatever the CA put in notAfter.
+        now = time.time()
+        stamp = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        path = os.path.join(directory, f"{stamp}-{leaf_serial(cert)}.pem")
+        write_private(path, cert.chain_pem + cert.key_pem)
+        return path
+
+    @staticmethod
+    def _entries(directory: str) -> list[str]:
+        try:
+            return sorted((n for n in os.listdir(directory) if n.endswith(".pem") and not n.startswith(".")),
+                          reverse=True)
+        except OSError:
+            return []
+
+    def _prune(self, directory: str, keep: int) -> None:
+        for name in self._entries(directory)[max(0, keep):]:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+
+    def history(self, domain: str) -> list[HistoryEntry]:
+        """The replaced certificates of ``domain``, newest first."""
+        directory = self.history_dir(domain)
+        out = []
+        for name in self._entries(directory):
+            path = os.path.join(directory, name)
+            stamp, _, serial = name[:-4].partition("-")
+            try:
+                archived = dt.datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
+            except ValueError:
+                archived = 0.0
+            try:
+                with open(path, "rb") as fh:
+                    text = fh.read()
+                cert = parse_certificate(text, text, cert_id=f"history:{name[:-4]}")
+            except (OSError, CertificateError):
+                cert = None
+            out.append(HistoryEntry(path, archived, serial, cert))
+        return out
+
+    def rollback(self, domain: str, now: float | None = None,
+                 keep: int = HISTORY_KEEP) -> tuple[HistoryEntry, ParsedCertificate | None]:
+        """Put the newest replaced certificate that is still valid back in service (atomically: the
+        TLS store sees the old or the restored file). The certificate taken out goes to
+        ``rolled-back/`` so a second rollback goes further back instead of undoing the first.
+        Returns the restored entry and the certificate it replaced. The caller holds the lock."""
+        now = time.time() if now is None else now
+        entries = self.history(domain)
+        usable = [e for e in entries if e.cert is not None and e.cert.usable_at(now)]
+        if not usable:
+            why = f"{len(entries)} in history, none valid now" if entries else "the history is empty"
+            raise RollbackError(f"no earlier certificate of {domain} to roll back to ({why})")
+        entry = usable[0]
+        current = self.certificate(domain)
+        if current is not None:
+            rolled = os.path.join(self.history_dir(domain), ROLLED_BACK)
+            self._archive(current, rolled)
+            self._prune(rolled, keep)
+        os.replace(entry.path, self.cert_path(domain))
+        return entry, current
 
     # -- orders and schedule -----------------------------------------------------------------------
     def save_order(self, domain: str, doc: dict) -> None:
