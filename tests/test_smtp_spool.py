@@ -489,5 +489,5 @@ def test_spooled_message_is_classified_and_the_header_follows_received(tmp_path)
     message = read(path)
     received, rest = message.split(b";\r\n\t", 1)
     assert received.startswith(b"Received: from ")
-    date, rest = rest.split(b"\r\n", 1)
+    _date, rest = rest.split(b"\r\n", 1)
     assert rest == b"X-Spam-LLM: COMMERCIAL; confidence=MEDIUM (Printer ink offer)\r\n" + body
