@@ -28,7 +28,10 @@ class Server:
         self.config_path = os.path.join(self.dir, "config.json")
         self.log_path = os.path.join(self.dir, "stalwartd.log")
         self.extra_args = extra_args or []
-        self.env = dict(os.environ, **(env or {}))
+        # The server runs this checkout's code, whatever the environment has installed (an editable
+        # install of another copy would otherwise be imported, since the server's cwd is its own dir).
+        path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+        self.env = dict(os.environ, PYTHONPATH=path, **(env or {}))
         self.proc: subprocess.Popen | None = None
         self.write_config(config)
 
@@ -39,7 +42,7 @@ class Server:
             fh.write(text)
         os.replace(tmp, self.config_path)
 
-    def start(self, wait: bool = True, timeout: float = 20.0) -> "Server":
+    def start(self, wait: bool = True, timeout: float = 20.0) -> Server:
         before = self.log().count("server.ready")
         cmd = [sys.executable, "-m", "stalwart.cli", "--config", self.config_path, "--data-dir", self.data_dir,
                "--log-file", self.log_path, "--log-level", "info", *self.extra_args]

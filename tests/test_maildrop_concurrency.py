@@ -18,13 +18,11 @@ import time
 
 import psutil
 import pytest
-from harness import ROOT, Server, free_port, listener
+from harness import Server, free_port, listener
 
 from stalwart.accounts import hash_password
 
 ADDR = "jane@example.org"
-# The server must run this checkout's code, whatever the virtualenv has installed.
-ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
 
 
 def _config(ports: dict, **imap) -> dict:
@@ -42,7 +40,7 @@ def _config(ports: dict, **imap) -> dict:
 @pytest.fixture
 def server(tmp_path):
     ports = {n: free_port() for n in ("smtp", "pop3", "imap")}
-    srv = Server(tmp_path, _config(ports), env=ENV).start()
+    srv = Server(tmp_path, _config(ports)).start()
     assert len(_workers(srv)) == 2
     yield srv, ports
     srv.stop()
@@ -235,7 +233,7 @@ def test_kill_9_of_the_holding_worker_frees_the_maildrop(server):
 
 def test_lock_released_on_idle_timeout(tmp_path):
     ports = {n: free_port() for n in ("smtp", "pop3", "imap")}
-    srv = Server(tmp_path, _config(ports, timeoutAuthenticated=1000), env=ENV).start()
+    srv = Server(tmp_path, _config(ports, timeoutAuthenticated=1000)).start()
     try:
         first = pop_login(ports["pop3"])
         assert len(lock_holders(srv)) == 1

@@ -194,8 +194,7 @@ def server(tmp_path_factory):
     doc = config({"mode": "enforce", "maxAge": 86400000},
                  NetworkListener=[listener("http", "http", port), listener("https", "http", tls_port, tlsImplicit=True)])
     doc["SystemSettings"]["threadPoolSize"] = 2
-    # PYTHONPATH: the server runs this checkout's code, whatever the environment has installed
-    srv = Server(tmp_path_factory.mktemp("mtasts"), doc, env={"PYTHONPATH": ROOT}).start()
+    srv = Server(tmp_path_factory.mktemp("mtasts"), doc).start()
     srv.doc, srv.port, srv.tls_port = doc, port, tls_port
     yield srv
     srv.stop()
