@@ -10,8 +10,9 @@ so the ratios hold even though absolute figures on a shared 2-core machine drift
 * ``aiosmtpd-sink``: aiosmtpd with a handler that accepts and discards (its protocol cost alone);
 * ``stalwartd xN``: the real server with N workers, every message fsynced into the recipient's
   Maildir before the ``250`` (file and directory), plus its full connection pipeline;
-* ``postfix``: Postfix ``smtpd`` when ``--postfix HOST:PORT`` names one already running (this
-  script does not set Postfix up; it must accept ``user@bench.test``).
+* ``postfix``: Postfix ``smtpd`` when ``--postfix HOST:PORT`` names one already running; it must
+  accept ``user@bench.test``. ``bench/postfix_peer.sh`` makes this machine's Debian Postfix such a
+  peer on 127.0.0.1:2528: the ``250`` after the queue file is fsynced, then the discard transport.
 
 All servers are started first and then take turns, ``--rounds`` times, so background load on a
 shared machine hits them alike; each figure is the median of its rounds.
