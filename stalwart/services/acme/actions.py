@@ -6,7 +6,8 @@ Each holds the provider's lock (:mod:`.lock`) for the whole operation and waits 
 ``wait`` seconds (``on_wait(holder)`` is told once when it has to wait).
 
 They run in ``stalwart-cli`` from ``--config`` and ``--data-dir`` (the state files of
-:mod:`.state`), like the renewal helper does.
+:mod:`.state`), like the renewal helper does. Each first settles a pending key that an interrupted
+rollover left behind, with the CA (:mod:`.keychange`).
 """
 from __future__ import annotations
 
@@ -21,19 +22,21 @@ from .commands import LOCK_WAIT
 from .config import normalize_contact
 from .http import HttpClient
 from .jws import AccountKey
+from .keychange import change_account_key, load_settled_account
 from .lock import ProviderLock
 from .renewal import PermanentError, find_domain, find_provider
 from .state import AcmeState
 
 
-def _client(cfg: Config, provider_id: str, data_dir: str) -> tuple[AcmeClient, AcmeState, object]:
+async def _client(cfg: Config, provider_id: str, data_dir: str) -> tuple[AcmeClient, AcmeState, object]:
     """The account's client, from the account file as it is now: call it with the lock held."""
     provider = find_provider(cfg, provider_id)
     state = AcmeState(data_dir)
-    key, uri, _contact = state.load_account(provider.id, provider.directory)
+    http = HttpClient(ca_file=provider.ca_file)
+    key, uri, _contact = await load_settled_account(state, provider.id, provider.directory, http)
     if uri is None:
         raise PermanentError(f"AcmeProvider {provider.id!r} has no account yet (it is created by the first order)")
-    client = AcmeClient(provider.directory, key, HttpClient(ca_file=provider.ca_file), account_uri=uri)
+    client = AcmeClient(provider.directory, key, http, account_uri=uri)
     client.configure_account([normalize_contact(c) for c in provider.contact])
     return client, state, provider
 
@@ -47,15 +50,15 @@ def _domain_provider(cfg: Config, domain_name: str):
 
 
 async def rollover(cfg: Config, provider_id: str, data_dir: str, wait: float = LOCK_WAIT, on_wait=None) -> str:
+    """RFC 8555 §7.3.5, crash-safe: the new key is on disk as pending before the CA hears of it
+    (:mod:`.keychange`)."""
     provider = find_provider(cfg, provider_id)
     # Held from reading the old key to saving the new one: a renewal in between would sign with a
     # key the CA no longer accepts, or write the old key back over the new one.
     async with ProviderLock(data_dir, provider.id).held(f"rollover of account {provider.id}", wait, on_wait):
-        client, state, provider = _client(cfg, provider_id, data_dir)
-        new_key = AccountKey.generate()
-        await client.change_key(new_key)
-        _key, uri, contact = state.load_account(provider.id, provider.directory)
-        state.save_account(provider.id, provider.directory, new_key, uri, contact)
+        client, state, provider = await _client(cfg, provider_id, data_dir)
+        new_key = await change_account_key(client, state, provider.id, provider.directory)
+        uri = client.account_uri
     events.emit("acme.account-key-changed", Url=uri)
     return f"account {uri} now uses key {new_key.thumbprint}"
 
@@ -63,7 +66,7 @@ async def rollover(cfg: Config, provider_id: str, data_dir: str, wait: float = L
 async def deactivate(cfg: Config, provider_id: str, data_dir: str, wait: float = LOCK_WAIT, on_wait=None) -> str:
     provider = find_provider(cfg, provider_id)
     async with ProviderLock(data_dir, provider.id).held(f"deactivation of account {provider.id}", wait, on_wait):
-        client, state, provider = _client(cfg, provider_id, data_dir)
+        client, state, provider = await _client(cfg, provider_id, data_dir)
         await client.deactivate()
         # A deactivated account cannot order again: the next order registers a fresh one.
         state.save_account(provider.id, provider.directory, AccountKey.generate(), None, [])
@@ -74,7 +77,7 @@ async def revoke(cfg: Config, domain_name: str, data_dir: str, reason: int | Non
                  wait: float = LOCK_WAIT, on_wait=None) -> str:
     domain, provider = _domain_provider(cfg, domain_name)
     async with ProviderLock(data_dir, provider.id).held(f"revocation of {domain.name}", wait, on_wait):
-        client, state, _provider = _client(cfg, provider.id, data_dir)
+        client, state, _provider = await _client(cfg, provider.id, data_dir)
         cert = state.certificate(domain.name)
         if cert is None:
             raise AcmeError(f"no certificate installed for {domain.name}")

@@ -267,6 +267,23 @@ class AcmeClient:
         events.emit("acme.account-registered", Url=uri)
         return uri
 
+    async def existing_account(self) -> str | None:
+        """RFC 8555 §7.3.1 ``onlyReturnExisting``: the URL of the account this client's key belongs
+        to, or None when the CA says it has none (``accountDoesNotExist``). Other answers raise:
+        only that error type means "unknown key" (a signature the CA cannot check against an
+        account is ``malformed``, which also covers unrelated faults)."""
+        d = await self.directory()
+        try:
+            resp = await self.post(d["newAccount"], {"onlyReturnExisting": True}, jwk=True)
+        except AcmeProblem as exc:
+            if exc.type == ERR + "accountDoesNotExist":
+                return None
+            raise
+        uri = resp.header("location")
+        if not uri:
+            raise AcmeError("newAccount (onlyReturnExisting) response has no Location")
+        return uri
+
     async def update_contact(self, contact: Sequence[str]) -> None:
         """RFC 8555 §7.3.2: tell the CA about edited contacts."""
         self._contact = list(contact)

@@ -24,6 +24,7 @@ from .client import AcmeClient, AcmeError, ChallengeSolver, ari_cert_id
 from .config import RENEW_FRACTION, AcmeProvider, CertificateAutomatic, normalize_contact
 from .http import HttpClient
 from .jws import AccountKey
+from .keychange import load_settled_account
 from .lock import ProviderLock
 from .state import AcmeState
 
@@ -187,7 +188,7 @@ async def _order(cfg: Config, domain, provider: AcmeProvider, names: list[str], 
     current = state.certificate(domain.name)
     replaces = _cert_id(current) if replacing and _matches(current, names, clock()) else None
     contact = [normalize_contact(c) for c in provider.contact]
-    key, uri, registered = state.load_account(provider.id, provider.directory)
+    key, uri, registered = await load_settled_account(state, provider.id, provider.directory, http)
     client = AcmeClient(provider.directory, key, http, account_uri=uri, clock=clock)
     eab = None
     if provider.eab_key_id and provider.eab_hmac_key is not None:

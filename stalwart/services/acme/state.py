@@ -5,7 +5,8 @@ here the configuration file is operator-written, so server-set state lives besid
 
 | file | holds |
 |---|---|
-| ``accounts/<provider-id>.json`` | directory URL, account URI, contacts and the PKCS#8 PEM account key (0600) |
+| ``accounts/<provider-id>.json`` | directory URL, account URI, contacts and the PKCS#8 PEM account key (0600); \
+during a key rollover also ``pendingKey``, the new key (:mod:`.keychange`) |
 | ``certs/<domain>.pem`` | the issued chain then its key (0600); the TLS store serves every file here |
 | ``certs/.history/<domain>/<archived-at>-<serial>.pem`` | the certificates a renewal replaced, newest \
 last, at most :data:`HISTORY_KEEP` (0600); never served: the store skips dot-names and directories |
@@ -15,6 +16,14 @@ last, at most :data:`HISTORY_KEEP` (0600); never served: the store skips dot-nam
 | ``schedule.json`` | per domain: next renewal, attempts, last error (the scheduler's memory) |
 
 Every write is atomic (temporary file and rename), so a crash leaves the old or the new file.
+Account files are also made durable (the directory is fsynced after the rename): the CA may act on
+what the file says as soon as the call returns.
+
+Why the pending key of a rollover lives in the account file rather than a file of its own: each
+step of a rollover (stage the new key, promote it, drop it) is then one atomic rename of one file,
+so no crash can leave two files that disagree (a promoted key with its pending file still there, or
+a pending file whose account file was replaced by a newer account); and the key is only ever in a
+0600 file that the provider's lock already guards.
 
 Why keep replaced certificates: a CA can issue a certificate that parses and matches its key but
 that clients reject (a broken or cross-signed chain, a wrong intermediate, a policy change).
@@ -67,6 +76,15 @@ def leaf_serial(cert: ParsedCertificate) -> str:
     return format(x509.load_pem_x509_certificates(cert.chain_pem)[0].serial_number, "x")
 
 
+def _fsync_directory(path: str) -> None:
+    """Make a rename in ``path`` survive a power loss (rename is atomic, not durable, until then)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _safe(name: str) -> str:
     return _SAFE.sub("_", name) or "_"
 
@@ -84,6 +102,23 @@ class AcmeState:
         return self._path("certs")
 
     # -- account -----------------------------------------------------------------------------------
+    def _account_path(self, provider_id: str) -> str:
+        return self._path("accounts", f"{_safe(provider_id)}.json")
+
+    def _account_doc(self, provider_id: str, directory: str) -> dict | None:
+        """The account file's JSON when it is for ``directory``, else None."""
+        try:
+            with open(self._account_path(provider_id), encoding="utf-8") as fh:
+                doc = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) and doc.get("directory") == directory else None
+
+    def _write_account(self, provider_id: str, doc: dict) -> None:
+        path = self._account_path(provider_id)
+        write_private(path, json.dumps(doc, indent=1).encode())
+        _fsync_directory(os.path.dirname(path))
+
     def load_account(self, provider_id: str, directory: str) -> tuple[AccountKey, str | None, list[str]]:
         """The provider's account key, URI and registered contacts; a new key when there is none or
         the directory changed (an account belongs to one CA)."""
@@ -101,8 +136,55 @@ class AcmeState:
 
     def save_account(self, provider_id: str, directory: str, key: AccountKey, uri: str | None,
                      contact: list[str]) -> None:
+        """Write the account. A pending key of the same account (same directory and URI) is kept:
+        only the CA's answer may drop it (:mod:`.keychange`), never a save of something else."""
         doc = {"directory": directory, "accountUri": uri, "contact": contact, "keyPem": key.to_pem().decode("ascii")}
-        write_private(self._path("accounts", f"{_safe(provider_id)}.json"), json.dumps(doc, indent=1).encode())
+        old = self._account_doc(provider_id, directory)
+        if uri is not None and old is not None and old.get("accountUri") == uri and "pendingKey" in old:
+            doc["pendingKey"] = old["pendingKey"]
+        self._write_account(provider_id, doc)
+
+    # -- the pending key of a rollover (RFC 8555 §7.3.5, see :mod:`.keychange`) ----------------------
+    def pending_key(self, provider_id: str, directory: str) -> AccountKey | None:
+        """The new key of a rollover whose outcome is not known yet; None when there is none.
+        Raises ``ValueError`` when the entry is there but is not a usable key."""
+        doc = self._account_doc(provider_id, directory)
+        entry = doc.get("pendingKey") if doc else None
+        if entry is None:
+            return None
+        try:
+            return AccountKey.from_pem(entry["keyPem"].encode("ascii"))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"pendingKey is not a usable account key ({exc})") from None
+
+    def stage_pending_key(self, provider_id: str, directory: str, key: AccountKey, now: float | None = None) -> None:
+        """Record ``key`` as the account's pending key, durably, before the CA is asked to switch to
+        it. The caller holds the provider's lock."""
+        doc = self._account_doc(provider_id, directory)
+        if doc is None or not doc.get("accountUri"):
+            raise AcmeError(f"AcmeProvider {provider_id!r} has no account to change the key of")
+        if "pendingKey" in doc:
+            raise AcmeError(f"AcmeProvider {provider_id!r}: the new key of an interrupted rollover is still "
+                            "waiting for the CA's answer (asked at every use of the account)")
+        doc["pendingKey"] = {"keyPem": key.to_pem().decode("ascii"),
+                             "stagedAt": round(time.time() if now is None else now, 3)}
+        self._write_account(provider_id, doc)
+
+    def promote_pending_key(self, provider_id: str, directory: str) -> AccountKey:
+        """The CA uses the pending key: it becomes the account key (one atomic replace)."""
+        doc = self._account_doc(provider_id, directory)
+        key = self.pending_key(provider_id, directory)
+        if doc is None or key is None:
+            raise AcmeError(f"AcmeProvider {provider_id!r} has no pending key to promote")
+        doc["keyPem"] = doc.pop("pendingKey")["keyPem"]
+        self._write_account(provider_id, doc)
+        return key
+
+    def discard_pending_key(self, provider_id: str, directory: str) -> None:
+        """The CA does not know the pending key (or it is unusable): the account key stays."""
+        doc = self._account_doc(provider_id, directory)
+        if doc is not None and doc.pop("pendingKey", None) is not None:
+            self._write_account(provider_id, doc)
 
     def read_account(self, provider_id: str, directory: str) -> tuple[AccountKey, str | None] | None:
         """Like :meth:`load_account` but never writes: None when there is no usable account file."""
