@@ -20,6 +20,21 @@ def test_deliver_is_atomic_and_named_with_size(tmp_path):
     assert (tmp_path / "m" / "new" / name).read_bytes() == b"Subject: a\r\n\r\nbody\r\n"
 
 
+def test_arrivals_in_one_timestamp_tick_keep_delivery_order(tmp_path):
+    # Two deliveries within one kernel timestamp tick share an mtime; the microseconds in Maildir
+    # names are not zero-padded, so "M100123" must still come after "M99876" (found as a flaky
+    # POP3 test that numbered the second message first).
+    md = Maildir(str(tmp_path / "m"))
+    md.ensure()
+    names = ["1700000000.M99876P7Q9.h,S=3", "1700000000.M100123P7Q10.h,S=3", "1700000001.M5P7Q11.h,S=3"]
+    for i, name in enumerate(reversed(names)):
+        path = tmp_path / "m" / "new" / name
+        path.write_bytes(b"%d\r\n" % i)
+        os.utime(path, (1700000000.5, 1700000000.5))
+    _, _, msgs = md.snapshot()
+    assert [m.basename for m in msgs] == names and [m.uid for m in msgs] == [1, 2, 3]
+
+
 def test_uids_ascend_survive_and_are_never_reused(tmp_path):
     md = Maildir(str(tmp_path / "m"))
     for i in range(3):

@@ -38,6 +38,7 @@ import errno
 import fcntl
 import itertools
 import os
+import re
 import socket
 import threading
 import time
@@ -218,6 +219,16 @@ class _DirSync:
 _dir_sync = _DirSync()
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
+def _arrival_key(base: str, mtime: float) -> tuple:
+    """Order of arrival: mtime, then the name with its digit runs compared as numbers. Two deliveries
+    within one timestamp tick share an mtime, and names such as ``…M99876…`` and ``…M100123…`` (the
+    microseconds are not zero-padded, as in other Maildir writers) must not sort as text."""
+    return mtime, [int(p) if p.isdigit() else p for p in _DIGITS.split(base)]
+
+
 def _unique_name(size: int) -> str:
     """Maildir unique name: time, microseconds, pid, per-process counter and host, plus the size
     (``,S=``, as Dovecot and Courier write it) so listing needs no stat."""
@@ -340,7 +351,7 @@ class Maildir:
             for base in [b for b in uids if b not in found]:
                 del uids[base]
                 changed = True
-            for base in sorted((b for b in found if b not in uids), key=lambda b: (found[b][3], b)):
+            for base in sorted((b for b in found if b not in uids), key=lambda b: _arrival_key(b, found[b][3])):
                 uids[base] = next_uid
                 next_uid += 1
                 changed = True
