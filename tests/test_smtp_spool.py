@@ -199,14 +199,14 @@ def test_discard_while_a_job_holds_the_spool_is_done_by_that_job(tmp_path):
     spool.append(b"H\r\n", b"body")
     assert len(os.listdir(tmp_path / "spool")) == 1
     entered, leave = threading.Event(), threading.Event()
-    real_write = spool_mod._write_all
+    real_write = spool_mod.write_all
 
     def slow_write(fd, data):
         entered.set()
         assert leave.wait(5)
         real_write(fd, data)
 
-    spool_mod._write_all = slow_write
+    spool_mod.write_all = slow_write
     try:
         t = threading.Thread(target=spool.append, args=(b"", b"more"))
         t.start()
@@ -216,7 +216,7 @@ def test_discard_while_a_job_holds_the_spool_is_done_by_that_job(tmp_path):
         leave.set()
         t.join(5)
     finally:
-        spool_mod._write_all = real_write
+        spool_mod.write_all = real_write
     assert os.listdir(tmp_path / "spool") == []
     with pytest.raises(spool_mod.SpoolDiscarded):
         spool.append(b"", b"late")

@@ -47,6 +47,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..errors import StalwartError
+from ..fileio import try_flock, write_all, write_durable
 
 #: RFC 3501 §2.3.2 system flags and their Maildir info letters (sorted ASCII in a file name)
 FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
@@ -93,17 +94,8 @@ class MaildropLock:
         with self._mu:
             if self._released or self._fd is not None:
                 return self._fd is not None
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            except BaseException:
-                os.close(fd)
-                raise
-            self._fd = fd
-            return True
+            self._fd = try_flock(self.path)
+            return self._fd is not None
 
     def release(self) -> None:
         with self._mu:
@@ -262,18 +254,11 @@ class Maildir:
         self.ensure()
         name = _unique_name(len(message))
         tmp = os.path.join(self.path, "tmp", name)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(message)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fdatasync(fd)  # data and the size that makes it readable; the rename is fsynced below
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
+        write_durable(tmp, lambda fd: write_all(fd, message))
+        return self._publish(tmp, name)
+
+    def _publish(self, tmp: str, name: str) -> str:
+        """Rename the durable ``tmp/`` file into ``new/`` and make the rename durable (group commit)."""
         os.rename(tmp, os.path.join(self.path, "new", name))
         _dir_sync.sync(os.path.join(self.path, "new"))
         return name
@@ -291,18 +276,8 @@ class Maildir:
             if exc.errno not in _NO_LINK:
                 raise
             with open(source, "rb") as src:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                try:
-                    copy_file(src.fileno(), fd, 0, size)
-                    os.fdatasync(fd)
-                except BaseException:
-                    os.close(fd)
-                    os.unlink(tmp)
-                    raise
-                os.close(fd)
-        os.rename(tmp, os.path.join(self.path, "new", name))
-        _dir_sync.sync(os.path.join(self.path, "new"))
-        return name
+                write_durable(tmp, lambda fd: copy_file(src.fileno(), fd, 0, size))
+        return self._publish(tmp, name)
 
     # -- reading ---------------------------------------------------------------------------------
     def _scan(self) -> dict[str, tuple[str, str, int, float]]:

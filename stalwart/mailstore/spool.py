@@ -22,6 +22,7 @@ import os
 import threading
 import time
 
+from ..fileio import write_all, write_durable
 from .maildir import MailstoreError, copy_file
 
 #: spool files older than this are leftovers of a killed worker (a session lives ten minutes at most)
@@ -31,12 +32,6 @@ _counter = itertools.count(1)
 
 class SpoolDiscarded(MailstoreError):
     """The spool was discarded (the connection went away) before the job that wanted it ran."""
-
-
-def _write_all(fd: int, data) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 class Spool:
@@ -69,10 +64,10 @@ class Spool:
                     path = os.path.join(self.directory, f"{time.time():.6f}.P{os.getpid()}Q{next(_counter)}")
                     self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                     self.path = path
-                    _write_all(self._fd, head)
+                    write_all(self._fd, head)
                     self.head = bytes(head)
                     self.size = len(head)
-                _write_all(self._fd, chunk)
+                write_all(self._fd, chunk)
                 self.size += len(chunk)
             except BaseException:
                 self._discarded = True
@@ -90,19 +85,17 @@ class Spool:
             try:
                 if self._discarded or self.path is None:
                     raise SpoolDiscarded("spool discarded")
-                _write_all(self._fd, tail)
+                write_all(self._fd, tail)
                 self.size += len(tail)
                 source = self.path
                 if extra:
                     composed = source + ".final"
-                    fd = os.open(composed, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                    try:
-                        _write_all(fd, self.head + extra)
-                        with open(source, "rb") as src:
+                    with open(source, "rb") as src:
+                        def fill(fd: int) -> None:
+                            write_all(fd, self.head + extra)
                             copy_file(src.fileno(), fd, len(self.head), self.size - len(self.head))
-                        os.fdatasync(fd)
-                    finally:
-                        os.close(fd)
+
+                        write_durable(composed, fill)
                     source = composed
                 else:
                     os.fdatasync(self._fd)  # once, for every recipient: they all get this inode

@@ -30,6 +30,7 @@ from types import ModuleType
 
 from .._fast import load as load_kernel
 from ..errors import ConfigError, StalwartError
+from ..fileio import write_all
 from .certs import CertificateError, ParsedCertificate
 
 
@@ -184,7 +185,7 @@ def _pem_path(data: bytes) -> Iterator[str]:
             fd = -1
     if fd >= 0:
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             yield f"/proc/self/fd/{fd}"
         finally:
             os.close(fd)
@@ -193,12 +194,6 @@ def _pem_path(data: bytes) -> Iterator[str]:
         fh.write(data)
         fh.flush()
         yield fh.name
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def load_certificate(ctx: ssl.SSLContext, cert: ParsedCertificate) -> None:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
+from ...fileio import try_flock
 from ...tls.certs import iso_time
 from .challenges import acme_dir
 from .client import AcmeError
@@ -99,15 +100,9 @@ class ProviderLock:
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this object")
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_flock(self.path)
+        if fd is None:
             return False
-        except BaseException:
-            os.close(fd)
-            raise
         self._fd = fd
         doc = json.dumps({"pid": os.getpid(), "what": what, "since": round(time.time(), 3)}).encode()
         try:

@@ -1,0 +1,45 @@
+"""Small file primitives shared by the mail store, the spool, the TLS store and the ACME state.
+
+* :func:`write_all` — ``os.write`` until every byte is written (a write may be short);
+* :func:`write_durable` — create a file exclusively (0600), fill it, fdatasync it, remove it on failure;
+* :func:`try_flock` — open (creating, 0600) and ``flock`` a lock file without waiting: the descriptor
+  that holds the lock, or ``None`` when another open file holds it. The kernel drops a flock when its
+  last descriptor closes, so a holder that dies never leaves a stale lock.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+
+
+def write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_durable(path: str, fill) -> None:
+    """Create ``path`` (exclusively, 0600), let ``fill(fd)`` write it, and fdatasync it: the data and
+    the size that makes it readable are durable on return. On any failure the file is removed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fill(fd)
+        os.fdatasync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+
+
+def try_flock(path: str, exclusive: bool = True) -> int | None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
