@@ -31,7 +31,7 @@ class Server:
         # The server runs this checkout's code, whatever the environment has installed (an editable
         # install of another copy would otherwise be imported, since the server's cwd is its own dir).
         path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-        self.env = dict(os.environ, PYTHONPATH=path, **(env or {}))
+        self.env = {**os.environ, "PYTHONPATH": path, **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.write_config(config)
 
