@@ -348,3 +348,61 @@ def test_certificate_store_serves_installed_files_and_skips_broken_ones(tmp_path
     assert [e.path.startswith(str(tmp_path / "acme" / "certs" / "broken.pem")) for e in gen.failed] == [True]
     assert store.resolve_certificate("mail.example.test").fingerprint == made.fingerprint
     assert not store.reload_if_changed()
+
+
+@pytest.mark.parametrize("may_reregister", [True, False])
+def test_account_does_not_exist_reregisters_only_when_no_key_is_pending(may_reregister):
+    """``accountDoesNotExist`` re-registers with the stored key once (tls.md §6), except while a
+    rolled-over key is unresolved: then the old key being unknown may only mean the CA has the new
+    one, and registering it again would make a second account (keychange.py)."""
+    import asyncio
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from stalwart.services.acme.client import AcmeClient, AcmeProblem
+    from stalwart.services.acme.http import HttpClient
+
+    hits = {"/acct": 0, "/x": 0}
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _reply(self, status, doc=None, headers=()):
+            body = json.dumps(doc).encode() if doc is not None else b""
+            self.send_response(status)
+            self.send_header("Replay-Nonce", f"n{sum(hits.values())}")
+            ctype = "application/problem+json" if status >= 400 else "application/json"
+            for k, v in [("Content-Type", ctype), *headers]:
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_HEAD(self):
+            self._reply(200)
+
+        def do_GET(self):
+            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            self._reply(200, {"newNonce": base + "/nonce", "newAccount": base + "/acct", "newOrder": base + "/o"})
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            hits[self.path] += 1
+            if self.path == "/acct":
+                self._reply(201, {"status": "valid"}, [("Location", "http://127.0.0.1/acct/2")])
+            else:
+                self._reply(400, {"type": "urn:ietf:params:acme:error:accountDoesNotExist", "detail": "no"})
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}"
+        client = AcmeClient(base + "/dir", AccountKey.generate(), HttpClient(), account_uri="http://127.0.0.1/acct/1")
+        client.may_reregister = may_reregister
+        with pytest.raises(AcmeProblem, match="accountDoesNotExist"):
+            asyncio.run(client.post(base + "/x", {}))
+        assert hits == ({"/acct": 1, "/x": 2} if may_reregister else {"/acct": 0, "/x": 1})
+    finally:
+        srv.shutdown()
+        srv.server_close()

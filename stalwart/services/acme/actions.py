@@ -37,6 +37,7 @@ async def _client(cfg: Config, provider_id: str, data_dir: str) -> tuple[AcmeCli
     if uri is None:
         raise PermanentError(f"AcmeProvider {provider.id!r} has no account yet (it is created by the first order)")
     client = AcmeClient(provider.directory, key, http, account_uri=uri)
+    client.may_reregister = not state.has_pending_key(provider.id, provider.directory)
     client.configure_account([normalize_contact(c) for c in provider.contact])
     return client, state, provider
 

@@ -166,6 +166,10 @@ class AcmeClient:
         self._nonces: list[str] = []
         self._contact: list[str] = []
         self._eab: tuple[str, str] | None = None
+        #: False while a rolled-over key is unresolved (keychange.py): an ``accountDoesNotExist`` for
+        #: the old key may only mean the CA now knows the new one, and registering the old key again
+        #: would create a second account instead of recovering the first
+        self.may_reregister = True
 
     # -- transport -------------------------------------------------------------------------------
     async def _call(self, method: str, url: str, body: bytes = b"", headers=None) -> HttpResponse:
@@ -236,7 +240,7 @@ class AcmeClient:
                 attempt += 1
                 continue
             if (isinstance(err, AcmeProblem) and err.type == ERR + "accountDoesNotExist" and not jwk
-                    and not reregistered):
+                    and not reregistered and self.may_reregister):
                 reregistered = True
                 self.account_uri = None
                 continue

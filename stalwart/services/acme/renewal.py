@@ -190,6 +190,7 @@ async def _order(cfg: Config, domain, provider: AcmeProvider, names: list[str], 
     contact = [normalize_contact(c) for c in provider.contact]
     key, uri, registered = await load_settled_account(state, provider.id, provider.directory, http)
     client = AcmeClient(provider.directory, key, http, account_uri=uri, clock=clock)
+    client.may_reregister = not state.has_pending_key(provider.id, provider.directory)
     eab = None
     if provider.eab_key_id and provider.eab_hmac_key is not None:
         eab = (provider.eab_key_id, resolve(provider.eab_hmac_key, "eabHmacKey") or "")

@@ -145,6 +145,10 @@ class AcmeState:
         self._write_account(provider_id, doc)
 
     # -- the pending key of a rollover (RFC 8555 §7.3.5, see :mod:`.keychange`) ----------------------
+    def has_pending_key(self, provider_id: str, directory: str) -> bool:
+        doc = self._account_doc(provider_id, directory)
+        return bool(doc) and doc.get("pendingKey") is not None
+
     def pending_key(self, provider_id: str, directory: str) -> AccountKey | None:
         """The new key of a rollover whose outcome is not known yet; None when there is none.
         Raises ``ValueError`` when the entry is there but is not a usable key."""
