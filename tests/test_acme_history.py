@@ -144,6 +144,7 @@ def test_two_issuances_then_rollback_serves_the_first_again(pebble_factory, tmp_
         assert [int(h.serial, 16) for h in state.history("example.test")] == [first]
         status = json.loads(cli(srv.data_dir, "acme", "status", "--json").stdout)["example.test"]
         assert [int(h["serial"], 16) for h in status["history"]] == [first] and status["lockedBy"] is None
+        assert status["pendingKeySince"] is None
         text = cli(srv.data_dir, "acme", "status").stdout
         assert f"previous: serial {first:x}" in text, text
 

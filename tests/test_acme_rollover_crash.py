@@ -250,6 +250,7 @@ def test_pending_key_file_transitions(tmp_path):
     assert stat.S_IMODE(os.stat(os.path.join(data, "acme", "accounts", "p.json")).st_mode) == 0o600
     assert state.load_account("p", directory)[0].thumbprint == old.thumbprint  # the old key is used meanwhile
     assert state.pending_key("p", directory).thumbprint == new.thumbprint
+    assert state.has_pending_key("p", directory) and state.pending_key_staged_at("p", directory) == 1000.0
     with pytest.raises(AcmeError, match="still waiting for the CA's answer"):
         state.stage_pending_key("p", directory, AccountKey.generate())
     state.save_account("p", directory, old, "https://ca.example.test/acct/1", ["mailto:b@example.test"])
@@ -264,6 +265,7 @@ def test_pending_key_file_transitions(tmp_path):
     state.stage_pending_key("p", directory, old)
     state.discard_pending_key("p", directory)
     assert state.pending_key("p", directory) is None
+    assert not state.has_pending_key("p", directory) and state.pending_key_staged_at("p", directory) is None
     assert state.load_account("p", directory)[0].thumbprint == new.thumbprint
     state.stage_pending_key("p", directory, old)
     state.save_account("p", directory, AccountKey.generate(), None, [])  # deactivated: no account, no pending key

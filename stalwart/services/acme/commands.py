@@ -157,6 +157,9 @@ def run(args, data_dir: str) -> int:
         print(line)
         if e.get("lockedBy"):
             print(f"    locked by {describe(e['lockedBy'])}")
+        if e.get("pendingKeySince") is not None:
+            print(f"    account key rollover unresolved since {iso_time(e['pendingKeySince'])}: the next use of "
+                  "the account asks the CA which key it knows")
         for h in e.get("history") or ():
             when = f"expires {iso_time(h['notAfter'])}" if h.get("notAfter") else "unreadable"
             print(f"    previous: serial {h['serial']}, {when}, replaced {iso_time(h['archivedAt'])}")

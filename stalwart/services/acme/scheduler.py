@@ -291,6 +291,8 @@ class AcmeScheduler:
                 out[name]["history"] = [h.to_json() for h in self.state.history(name)]
                 provider = self._provider_of(name)
                 out[name]["lockedBy"] = holder(self.data_dir, provider.id) if provider is not None else None
+                out[name]["pendingKeySince"] = (self.state.pending_key_staged_at(provider.id, provider.directory)
+                                                if provider is not None else None)
         return out
 
     def close(self) -> None:

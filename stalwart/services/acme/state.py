@@ -146,8 +146,16 @@ class AcmeState:
 
     # -- the pending key of a rollover (RFC 8555 §7.3.5, see :mod:`.keychange`) ----------------------
     def has_pending_key(self, provider_id: str, directory: str) -> bool:
+        return self.pending_key_staged_at(provider_id, directory) is not None
+
+    def pending_key_staged_at(self, provider_id: str, directory: str) -> float | None:
+        """When the unresolved rollover key was staged (Unix seconds), or None when there is none."""
         doc = self._account_doc(provider_id, directory)
-        return bool(doc) and doc.get("pendingKey") is not None
+        entry = doc.get("pendingKey") if doc else None
+        if not isinstance(entry, dict):
+            return None
+        staged = entry.get("stagedAt")
+        return float(staged) if isinstance(staged, (int, float)) else 0.0
 
     def pending_key(self, provider_id: str, directory: str) -> AccountKey | None:
         """The new key of a rollover whose outcome is not known yet; None when there is none.
