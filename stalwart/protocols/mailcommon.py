@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import events
-from ..accounts import AccountEntry, Directory
+from ..accounts import AccountEntry, Directory, sasl
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -110,6 +110,38 @@ class PasswordAuth:
     auth_failures = 0
     _login = ""
     _credential: str | None = None
+    _sasl: sasl.SaslExchange | None = None
+    #: the protocol's SASL replies (RFC 4954 §4 / RFC 5034 §4): continuation prefix, cancelled, undecodable
+    SASL_CONTINUE: bytes
+    SASL_CANCELLED: bytes
+    SASL_INVALID: bytes
+    #: what a core does with the credentials a finished exchange gave
+    _sasl_done: Callable[[str, str], None]
+
+    def _sasl_start(self, mech: str, initial: bytes) -> None:
+        """Begin ``mech`` (one of :data:`sasl.MECHANISMS`), with the client's initial response if any."""
+        self._sasl = sasl.SaslExchange(mech)
+        if initial:
+            self._sasl_response(initial)
+        else:
+            self._send(self.SASL_CONTINUE + self._sasl.first_challenge.encode() + b"\r\n")
+
+    def _sasl_response(self, line: bytes) -> None:
+        try:
+            step = self._sasl.step(line)
+        except sasl.SaslCancelled:
+            self._sasl = None
+            self._send(self.SASL_CANCELLED)
+            return
+        except sasl.SaslError:
+            self._sasl = None
+            self._error(self.SASL_INVALID)
+            return
+        if isinstance(step, str):  # LOGIN asks for the password next
+            self._send(self.SASL_CONTINUE + step.encode() + b"\r\n")
+            return
+        self._sasl = None
+        self._sasl_done(*step)
 
     def _check_password(self, login: str, password: str, done: Callable[[AccountEntry | None], None]) -> None:
         self._login = login

@@ -73,6 +73,9 @@ def multiline(data: bytes) -> bytes:
 class Pop3Session(mailcommon.PasswordAuth, LineSession):
     event_group = "pop3"
     max_line = 255  # RFC 2449 §4: commands are at most 255 octets including CRLF
+    SASL_CONTINUE = b"+ "
+    SASL_CANCELLED = b"-ERR Authentication cancelled.\r\n"
+    SASL_INVALID = b"-ERR Invalid SASL response.\r\n"
 
     def __init__(self, ctx: SessionContext, timeout_ms: int = 60000, *, services: MailServices | None = None,
                  allow_plain_auth: bool = False, max_errors: int = MAX_ERRORS):
@@ -226,31 +229,12 @@ class Pop3Session(mailcommon.PasswordAuth, LineSession):
         if mech not in sasl.MECHANISMS:
             self._error(b"-ERR Unsupported mechanism.\r\n")
             return
-        self._sasl = sasl.SaslExchange(mech)
-        if initial:
-            self._sasl_response(initial.encode())
-        else:
-            self._send(f"+ {self._sasl.first_challenge}\r\n".encode())
-
-    def _sasl_response(self, line: bytes) -> None:
-        try:
-            step = self._sasl.step(line)
-        except sasl.SaslCancelled:
-            self._sasl = None
-            self._send(b"-ERR Authentication cancelled.\r\n")
-            return
-        except sasl.SaslError:
-            self._sasl = None
-            self._error(b"-ERR Invalid SASL response.\r\n")
-            return
-        if isinstance(step, str):  # LOGIN asks for the password next
-            self._send(f"+ {step}\r\n".encode())
-            return
-        self._sasl = None
-        self._authenticate(*step)
+        self._sasl_start(mech, initial.encode())
 
     def _authenticate(self, login: str, password: str) -> None:
         self._check_password(login, password, self._auth_result)
+
+    _sasl_done = _authenticate  # AUTH PLAIN/LOGIN end where USER/PASS does
 
     def _auth_result(self, account: AccountEntry | None) -> None:
         if account is None:

@@ -65,6 +65,9 @@ def deliver_job(store: MailStore, header: bytes, body: bytes, accounts: list[str
 class SmtpSession(mailcommon.PasswordAuth, LineSession):
     event_group = "smtp"
     max_line = 4096  # RFC 5321 §4.5.3.1.4 asks for at least 512; RFC 4954 §4 AUTH lines run longer
+    SASL_CONTINUE = b"334 "
+    SASL_CANCELLED = b"501 5.7.0 Authentication cancelled.\r\n"
+    SASL_INVALID = b"501 5.5.2 Cannot decode the response.\r\n"
 
     def __init__(self, ctx: SessionContext, timeout_ms: int = 300000, lmtp: bool = False, *,
                  services: MailServices | None = None, max_duration_ms: int = 600000,
@@ -486,28 +489,10 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
         if mech not in sasl.MECHANISMS:
             self._error(b"504 5.5.4 Mechanism not supported.\r\n")
             return
-        self._sasl = sasl.SaslExchange(mech)
-        if initial:
-            self._sasl_response(initial)
-        else:
-            self._send(f"334 {self._sasl.first_challenge}\r\n".encode())
+        self._sasl_start(mech, initial)
 
-    def _sasl_response(self, line: bytes) -> None:
-        try:
-            step = self._sasl.step(line)
-        except sasl.SaslCancelled:
-            self._sasl = None
-            self._send(b"501 5.7.0 Authentication cancelled.\r\n")
-            return
-        except sasl.SaslError:
-            self._sasl = None
-            self._error(b"501 5.5.2 Cannot decode the response.\r\n")
-            return
-        if isinstance(step, str):  # LOGIN asks for the password next
-            self._send(f"334 {step}\r\n".encode())
-            return
-        self._sasl = None
-        self._check_password(*step, self._auth_result)
+    def _sasl_done(self, login: str, password: str) -> None:
+        self._check_password(login, password, self._auth_result)
 
     def _auth_result(self, account: AccountEntry | None) -> None:
         if account is not None:
