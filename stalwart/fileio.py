@@ -2,6 +2,7 @@
 
 * :func:`write_all` — ``os.write`` until every byte is written (a write may be short);
 * :func:`write_durable` — create a file exclusively (0600), fill it, fdatasync it, remove it on failure;
+* :func:`read_available` — everything a non-blocking pipe holds now, and whether it reached EOF;
 * :func:`try_flock` — open (creating, 0600) and ``flock`` a lock file without waiting: the descriptor
   that holds the lock, or ``None`` when another open file holds it. The kernel drops a flock when its
   last descriptor closes, so a holder that dies never leaves a stale lock.
@@ -43,3 +44,19 @@ def try_flock(path: str, exclusive: bool = True) -> int | None:
         os.close(fd)
         raise
     return fd
+
+
+def read_available(fd: int) -> tuple[bytes, bool]:
+    """Drain the non-blocking ``fd`` (a helper process's stdout): ``(bytes read, eof)``. A read error
+    counts as EOF: the helper is gone either way."""
+    parts = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return b"".join(parts), False
+        except OSError:
+            chunk = b""
+        if not chunk:
+            return b"".join(parts), True
+        parts.append(chunk)

@@ -38,6 +38,7 @@ import msgspec
 from ... import events
 from ...config.model import Config
 from ...config.types import enc_hook
+from ...fileio import read_available
 from ..dnsproviders.config import DnsManagementAutomatic
 from .config import CertificateAutomatic
 from .lock import holder
@@ -143,18 +144,8 @@ class AcmeScheduler:
 
     def _poll_helper(self) -> None:
         proc = self.proc
-        eof = False
-        while True:
-            try:
-                chunk = os.read(proc.stdout.fileno(), 65536)
-            except BlockingIOError:
-                break
-            except OSError:
-                chunk = b""
-            if not chunk:
-                eof = True
-                break
-            self.buf += chunk
+        data, eof = read_available(proc.stdout.fileno())
+        self.buf += data
         if not eof and time.monotonic() > self.proc_deadline:
             self._stop_helper()
             self.buf = b""

@@ -29,6 +29,7 @@ import msgspec
 from ... import events
 from ..._fast import load as load_kernel
 from ...config.types import enc_hook
+from ...fileio import read_available
 from .config import Asn, AsnDisabled, AsnDns, AsnMmdb, AsnResource
 from .dns import DnsLookupError, DnspythonTxt
 from .refresh import KINDS, TABLE_DIR, sources, table_path
@@ -178,18 +179,8 @@ class GeoRefresher:
 
     def _poll_helper(self) -> None:
         proc = self.proc
-        eof = False
-        while True:
-            try:
-                chunk = os.read(proc.stdout.fileno(), 65536)
-            except BlockingIOError:
-                break
-            except OSError:
-                chunk = b""
-            if not chunk:
-                eof = True
-                break
-            self.buf += chunk
+        data, eof = read_available(proc.stdout.fileno())
+        self.buf += data
         *lines, self.buf = self.buf.split(b"\n")
         for line in lines:
             self._handle_line(line)
