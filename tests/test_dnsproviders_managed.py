@@ -102,3 +102,33 @@ def test_reconcile_against_knot(tmp_path):
         assert knot.query("example.test", "MX") == ["30 mail.example.test.", "50 backup.other.test."]
     finally:
         knot.stop()
+
+
+def test_withdrawn_groups_lose_only_what_the_server_published(tmp_path):
+    """An MTA-STS policy set to disable (and a type taken out of publishRecords) withdraws the records
+    this server had published there; records it never published stay (services.md §2.6 "We do better")."""
+    knot = Knot(str(tmp_path / "knot"), records=FOREIGN + 'srvnote TXT "hand-made"\n').start()
+    try:
+        data = str(tmp_path / "data")
+        cfg = config(knot.server())
+        cfg["MtaSts"] = {"mode": "enforce"}
+        asyncio.run(publish(parse(cfg), "example.test", data))
+        assert knot.query("mta-sts.example.test", "CNAME") == ["mail.example.test."]
+        assert knot.txt("_mta-sts.example.test")[0].startswith("v=STSv1; id=")
+        assert knot.query("_imaps._tcp.example.test", "SRV") == ["0 1 993 mail.example.test."]
+
+        cfg["MtaSts"] = {"mode": "disable"}
+        cfg["Domain"][0]["dnsManagement"]["publishRecords"] = ["mx", "spf", "dmarc", "tlsRpt", "autoConfig"]
+        changes = asyncio.run(publish(parse(cfg), "example.test", data))
+        assert any("withdrawn" in c and "_mta-sts" in c for c in changes), changes
+        assert knot.query("mta-sts.example.test", "CNAME") == []
+        assert knot.txt("_mta-sts.example.test") == []
+        assert knot.query("_imaps._tcp.example.test", "SRV") == []  # srv no longer published
+        assert knot.query("ua-auto-config.example.test", "CNAME") == ["mail.example.test."]  # autoConfig: still published
+        assert knot.query("autoconfig.example.test", "CNAME") == []  # autoConfigLegacy: withdrawn
+        assert knot.query("example.test", "MX") == ["10 mail.example.test.", "50 backup.other.test."]
+        assert knot.txt("example.test") == ["google-site-verification=abc", "v=spf1 mx -all"]
+        assert knot.txt("srvnote.example.test") == ["hand-made"]
+        assert asyncio.run(publish(parse(cfg), "example.test", data)) == []  # nothing left to withdraw
+    finally:
+        knot.stop()

@@ -17,6 +17,7 @@ zone-file order of services.md §2.6 (:data:`ZONE_ORDER`).
   ``_mta-sts.``, ``_ua-auto-config.``, ``_validation-persist.``, ``._domainkey.``), are replaced;
 * MX and SRV groups lose only the values this server published before (remembered per domain in
   ``<data-dir>/dns/published/<domain>.json``) and gain the new ones; hand-made records stay;
+* a group it published before and no longer generates loses the values it published (nothing else);
 * TXT and CAA at shared names keep every record not of the same family as a new one (TXT family:
   the ``v=`` token; CAA: same ``issue``/``issuewild`` issuer or ``iodef``).
 """
@@ -253,6 +254,18 @@ async def reconcile(updater: DnsUpdater, zone: str, rows: Sequence[Row], data_di
             await updater.set_rrset(zone, owner, rtype, target)
             changes.append(f"{owner} {rtype}: {sorted(current)} -> {sorted(target)}")
         published[key] = values
+    # Groups this server published before and no longer generates (a type taken out of
+    # publishRecords, an MTA-STS policy set to disable, a listener gone): its own values are
+    # withdrawn, whatever else stands at that name stays.
+    for key in [k for k in published if tuple(k.split(" ", 1)) not in groups]:
+        owner, rtype = key.split(" ", 1)
+        ours = set(_normalised(published[key], rtype))
+        current = await updater.list_rrset(zone, owner, rtype)
+        present = [v for v in current if _normalised([v], rtype)[0] in ours]
+        if present:
+            await updater.remove_from_rrset(zone, owner, rtype, present)
+            changes.append(f"{owner} {rtype}: withdrawn {sorted(present)}")
+        del published[key]
     state.save(published)
     return changes
 
