@@ -33,6 +33,11 @@ def test_arrivals_in_one_timestamp_tick_keep_delivery_order(tmp_path):
         os.utime(path, (1700000000.5, 1700000000.5))
     _, _, msgs = md.snapshot()
     assert [m.basename for m in msgs] == names and [m.uid for m in msgs] == [1, 2, 3]
+    # A name with a non-ASCII digit (another writer's, a host name) is just text, never an error.
+    odd = tmp_path / "m" / "new" / "1700000002.M7\u00b2P7Q12.h,S=3"
+    odd.write_bytes(b"3\r\n")
+    _, _, msgs = md.snapshot()
+    assert [m.uid for m in msgs] == [1, 2, 3, 4] and msgs[-1].basename == odd.name
 
 
 def test_uids_ascend_survive_and_are_never_reused(tmp_path):

@@ -211,14 +211,16 @@ class _DirSync:
 _dir_sync = _DirSync()
 
 
-_DIGITS = re.compile(r"(\d+)")
+_DIGITS = re.compile(r"([0-9]+)")
 
 
 def _arrival_key(base: str, mtime: float) -> tuple:
     """Order of arrival: mtime, then the name with its digit runs compared as numbers. Two deliveries
     within one timestamp tick share an mtime, and names such as ``…M99876…`` and ``…M100123…`` (the
     microseconds are not zero-padded, as in other Maildir writers) must not sort as text."""
-    return mtime, [int(p) if p.isdigit() else p for p in _DIGITS.split(base)]
+    parts: list = _DIGITS.split(base)
+    parts[1::2] = map(int, parts[1::2])  # the runs the ASCII pattern matched (str.isdigit() takes '²' too)
+    return mtime, parts
 
 
 def _unique_name(size: int) -> str:
