@@ -1,4 +1,6 @@
 """Configuration expressions (stalwart/config/expr.py): grammar, semantics, load errors, fuzzing."""
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -190,3 +192,26 @@ def test_random_variable_values_never_raise_beyond_eval_error(env, headers):
     cond = compile_conditional({"match": [{"if": t, "then": "403"} for t in _PROGRAMS], "else": "200"},
                                HTTP_VARIABLES, "$.X")
     assert cond.evaluate(env, lambda _p, _e: None) in (403, 200)
+
+
+@pytest.mark.parametrize("value, status", [
+    ("200", 200), (" 404 ", 404), (451, 451), ("599", 599),
+    ("²²²", None), ("'²²²'", None), ("٤٠٤", None),  # non-ASCII digits: isdigit() says yes, int() may not
+    ("101", None), ("204", None), ("304", None), ("307", None), (True, None), ("20", None), (600, None),
+])
+def test_http_status_of_an_access_rule(value, status):
+    from stalwart.config.loader import http_status
+
+    assert http_status(value) == status
+
+
+@pytest.mark.parametrize("result", ["'²²²'", "'204'", "101"])
+def test_a_literal_that_is_no_access_status_is_a_load_error(result):
+    """Found by review: '²²²' escaped as ValueError (a SIGHUP then took the master down); 1xx/204/304
+    cannot carry the problem body, so the client got an empty reply."""
+    from stalwart.config import parse_bytes
+    from stalwart.errors import ConfigError
+
+    doc = {"Http": {"allowedEndpoints": {"match": [{"if": "method == 'POST'", "then": result}], "else": "200"}}}
+    with pytest.raises(ConfigError, match=r"allowedEndpoints\.match\[0\]\.then"):
+        parse_bytes(json.dumps(doc).encode())

@@ -112,10 +112,15 @@ _HEADER_VALUE = re.compile(r"^(?:[\x21-\x7e\x80-\xff](?:[ \t\x21-\x7e\x80-\xff]*
 
 
 def http_status(value: Any) -> int | None:
-    """An expression result as an HTTP status: an integer 100-599 or its decimal text, else None."""
-    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) == 3:
-        value = int(value.strip())
-    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+    """An expression result as an HTTP status: 200 (allowed) or 400-599 (refused with a problem
+    body), as an integer or its decimal text; else None. 1xx, 204 and 304 cannot carry the body and
+    3xx would need a Location, so they are not statuses an access rule may give."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not (len(text) == 3 and text.isascii() and text.isdigit()):  # isdigit() alone takes '²'
+            return None
+        value = int(text)
+    if isinstance(value, int) and not isinstance(value, bool) and (value == 200 or 400 <= value <= 599):
         return value
     return None
 
@@ -132,7 +137,7 @@ def _allowed_endpoints(expr: dict) -> None:
     values = [(then, f"{path}.match[{i}].then") for i, (_if, then, _p) in enumerate(cond.branches)]
     for value, p in [*values, (cond.otherwise, f"{path}.else")]:
         if value is not None and value.is_literal and http_status(value.literal) is None:
-            raise ConfigError(p, f"{value.text!r} is not an HTTP status (100-599)")
+            raise ConfigError(p, f"{value.text!r} is not an HTTP status for an access rule (200, or 400-599)")
 
 
 def validate(cfg: Config) -> None:
