@@ -525,16 +525,19 @@ class Master:
             cfg = self.load_config()
         except ConfigError as exc:
             return self._reload_failed(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a loader bug must not take the master (and its workers) down
+            return self._reload_failed(f"internal error while loading the configuration: {exc!r}")
         try:
             sockets, created = self.sockets.plan(cfg)
         except BindError as exc:
             return self._reload_failed(str(exc))
         try:
             plan = self._make_plan(cfg, sockets)
-        except StalwartError as exc:
+        except Exception as exc:  # noqa: BLE001 - likewise for a planning bug
             for key in created:
                 sockets[key].close()
-            return self._reload_failed(str(exc))
+            reason = str(exc) if isinstance(exc, StalwartError) else f"internal error while planning: {exc!r}"
+            return self._reload_failed(reason)
         new = Generation(plan)
         for pos in range(1, plan.workers + 1):
             self._spawn(new, pos)
