@@ -50,6 +50,7 @@ def parse(cfg: dict):
     ({"mxHosts": ["mx.example.test", "mx .example.test"]}, "$.MtaSts.mxHosts[1]", "host name"),
     ({"mxHosts": ["*"]}, "$.MtaSts.mxHosts[0]", "'*.' pattern"),
     ({"mxHosts": ["mx.*.example.test"]}, "$.MtaSts.mxHosts[0]", "host name"),
+    ({"mxHosts": ["mx.example.test", "192.0.2.25"]}, "$.MtaSts.mxHosts[1]", "host name"),  # §4.1: names only
     ({"mxHost": []}, "$.MtaSts", "mxHost"),
 ])
 def test_invalid_mta_sts_names_the_field(sts, path, words):

@@ -215,6 +215,8 @@ class MtaSts(_Object):
             wildcard = raw.strip().startswith("*.")
             try:
                 name = parse_hostname(raw.strip()[2:] if wildcard else raw)
+                if name.replace(".", "").isdigit() or ":" in name:
+                    raise ValueError("an IP address")  # §4.1 matches MX host names: never an address
             except ValueError:
                 raise ConfigError(f"$.MtaSts.mxHosts[{i}]", f"{raw!r} is neither a host name nor a '*.' pattern "
                                   "(RFC 8461 §4.1)") from None
