@@ -13,6 +13,7 @@ from cryptography import x509
 from acme_util import HAVE_PEBBLE, cli, pebbles, presented_chain, server_config, wait_for
 from certgen import make_cert
 from harness import Server, free_port
+from stalwart import events
 from stalwart.services.acme.lock import ProviderLock
 from stalwart.services.acme.state import HISTORY_KEEP, AcmeState, RollbackError
 from stalwart.tls.certs import read_directory
@@ -62,6 +63,34 @@ def test_install_keeps_the_last_replaced_certificates_unserved(tmp_path):
         text = fh.read()
     state.install("example.test", text, text)
     assert [h.serial for h in state.history("example.test")] == [h.serial for h in history]
+
+
+def test_install_goes_ahead_when_the_old_certificate_cannot_be_archived(tmp_path):
+    """Archiving is best effort: a failure is reported and the newly issued certificate is served
+    anyway (failing would keep the old one in service and order again at each retry)."""
+    state = AcmeState(str(tmp_path / "data"))
+    old = install_new(state)
+    history = state.history_dir("example.test")
+    os.makedirs(os.path.dirname(history))
+    with open(history, "w") as fh:  # a file where the domain's history directory belongs
+        fh.write("in the way")
+    seen = []
+
+    def record(_event, keys):
+        seen.append(keys)
+
+    events.subscribe("acme.archive-error", record)
+    try:
+        new = install_new(state)
+    finally:
+        events.log().unsubscribe("acme.archive-error", record)
+    assert new != old and current_serial(state) == new
+    assert [src[0] for src in read_directory(state.cert_dir())] == ["file:example.test"]
+    assert len(seen) == 1 and seen[0]["Hostname"] == "example.test" and seen[0]["Path"] == history
+    assert "FileExistsError" in seen[0]["Reason"] and history in seen[0]["Reason"]
+    with open(history) as fh:
+        assert fh.read() == "in the way"  # nothing else was touched
+    assert state.history("example.test") == []
 
 
 def test_rollback_goes_back_one_certificate_at_a_time(tmp_path):

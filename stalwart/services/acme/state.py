@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from ... import events
 from ...tls.certs import CertificateError, ParsedCertificate, parse_certificate
 from .challenges import acme_dir, write_private
 from .client import AcmeError
@@ -223,12 +224,22 @@ class AcmeState:
     def install(self, domain: str, chain_pem: bytes, key_pem: bytes, keep: int = HISTORY_KEEP) -> ParsedCertificate:
         """Check the chain and key, then write them where the TLS store reads them (tls.md §7.2
         step 8); raises :class:`CertificateError` before writing when they do not parse or match.
-        The certificate being replaced is archived first (at most ``keep`` are kept)."""
+        The certificate being replaced is archived first (at most ``keep`` are kept), best effort:
+        when that fails (a full disk, a read-only or foreign-owned history) a warning is emitted and
+        the new certificate is installed anyway. Failing instead would leave the old certificate in
+        service and make every retry order again from the CA, into its duplicate-certificate limit,
+        while the only loss is a rollback target."""
         parsed = parse_certificate(chain_pem, key_pem, cert_id=f"file:{_safe(domain)}")
         current = self.certificate(domain)
         if current is not None and current.fingerprint != parsed.fingerprint:
-            self._archive(current, self.history_dir(domain))
-            self._prune(self.history_dir(domain), keep)
+            history = self.history_dir(domain)
+            try:
+                self._archive(current, history)
+            except OSError as exc:
+                events.emit("acme.archive-error", level="warn", Hostname=domain, Path=history,
+                            Reason=f"{type(exc).__name__}: {exc}")
+            else:
+                self._prune(history, keep)
         write_private(self.cert_path(domain), parsed.chain_pem + parsed.key_pem)
         return parsed
 
