@@ -6,22 +6,26 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
 from acme_util import HAVE_PEBBLE, ChallengeHttp, cli, pebbles, wait_for
+from certgen import make_cert
 from stalwart.config import parse_bytes
 from stalwart.services.acme.client import AcmeClient, AcmeProblem
 from stalwart.services.acme.http import HttpClient
 from stalwart.services.acme.jws import AccountKey
 from stalwart.services.acme.lock import ProviderLock, StateLocked, holder, lock_path
 from stalwart.services.acme.renewal import renew
-from stalwart.services.acme.state import AcmeState
+from stalwart.services.acme.state import AcmeState, leaf_serial
 
 needs_pebble = pytest.mark.skipif(not HAVE_PEBBLE, reason="pebble is not installed (scripts/test-deps)")
 HOLDER = ("import asyncio, sys, time\n"
@@ -161,6 +165,126 @@ def test_renewal_gives_up_with_a_temporary_error_naming_the_holder(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+# -- `sudo stalwart-cli acme …` on the data directory of a server that runs as another user ----------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                                reason="needs root, and setpriv (util-linux) to confine it")
+
+
+@pytest.fixture
+def nobody_data(tmp_path):
+    """A data directory owned by ``nobody`` (the service user) with two certificates installed, in a
+    directory nobody can reach (pytest's own tmp root is 0700)."""
+    user = pwd.getpwnam("nobody")
+    top = tempfile.mkdtemp(prefix="acme-owner-", dir="/tmp")
+    try:
+        os.chmod(top, 0o755)
+        data = os.path.join(top, "data")
+        state = AcmeState(data)
+        for _ in range(2):
+            cert, key, _serial = make_cert(["mail.example.test"])
+            state.install("example.test", cert.encode(), key.encode())
+        for path in owners(data):
+            os.chown(os.path.join(data, path), user.pw_uid, user.pw_gid)
+        config = write_config(tmp_path, {  # root-only, like /etc: read before the CLI switches
+            "AcmeProvider": [{"id": "p", "directory": "https://127.0.0.1:9/dir", "challengeType": "Http01",
+                              "contact": ["admin@example.test"]}],
+            "Domain": [{"name": "example.test", "certificateManagement": {
+                "@type": "Automatic", "acmeProviderId": "p", "subjectAlternativeNames": ["mail"]}}]})
+        yield data, config, user
+    finally:
+        shutil.rmtree(top)
+
+
+def owners(top: str) -> dict[str, tuple[int, int]]:
+    out = {}
+    for root, dirs, files in os.walk(top):
+        for name in [root] + [os.path.join(root, n) for n in dirs + files]:
+            st = os.lstat(name)
+            out[os.path.relpath(name, top)] = (st.st_uid, st.st_gid)
+    return out
+
+
+def root_cli(caps: str, data: str, *args: str) -> subprocess.CompletedProcess:
+    """``stalwart-cli`` as root holding only the capabilities ``caps``, kept across its own setuid
+    (no_setuid_fixup). This test venv's interpreter lives under /root (0700): once the CLI is nobody
+    it still imports lazily from there, which dac_read_search allows; it grants no write access."""
+    cli_path = os.path.join(os.path.dirname(sys.executable), "stalwart-cli")
+    return subprocess.run(["setpriv", "--securebits", "+no_setuid_fixup", "--bounding-set", f"-all,{caps}",
+                           cli_path, "--data-dir", data, *args], capture_output=True, text=True, timeout=30)
+
+
+def renew_as(user, data: str) -> int:
+    """What the server's renewal helper does, in a forked child that became ``user`` like the master
+    does (no supplementary groups, no capabilities): take the lock, install a new certificate.
+    Returns the new certificate's serial."""
+    cert, key, serial = make_cert(["mail.example.test"])
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+
+            async def renewal():
+                async with ProviderLock(data, "p").held("renewal of example.test", 0):
+                    AcmeState(data).install("example.test", cert.encode(), key.encode())
+
+            asyncio.run(renewal())
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - reported through the exit status
+            print(f"renewal as {user.pw_name}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the renewal as nobody did not finish in 30 s")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0, "the renewal as nobody failed (see stderr)"
+    return serial
+
+
+@needs_root
+def test_root_cli_acts_as_the_owner_of_the_data_directory(nobody_data):
+    """`sudo stalwart-cli acme rollback` creates locks/ and rewrites certs/ as the user the server runs
+    as: afterwards that user still takes the lock and installs the next certificate."""
+    data, config, user = nobody_data
+    acme = os.path.join(data, "acme")
+    assert not os.path.exists(os.path.join(acme, "locks"))
+    out = root_cli("+setuid,+setgid,+dac_read_search", data, "acme", "rollback", "example.test", "--config", config)
+    assert out.returncode == 0, out.stderr
+    assert f"acting as nobody:nogroup (uid {user.pw_uid}, gid {user.pw_gid}), the owner of {data}" in out.stderr
+    assert "restored the certificate" in out.stdout
+    found = owners(acme)
+    # What the rollback made: the lock directory and file, the rolled-back archive; and the served file.
+    for made in ("locks", "locks/p.lock", "certs/.history/example.test/rolled-back", "certs/example.test.pem"):
+        assert made in found, sorted(found)
+    assert len(os.listdir(os.path.join(acme, "certs/.history/example.test/rolled-back"))) == 1
+    assert {path: owner for path, owner in found.items() if owner != (user.pw_uid, user.pw_gid)} == {}
+    serial = renew_as(user, data)
+    assert leaf_serial(AcmeState(data).certificate("example.test")) == f"{serial:x}"
+    assert owners(acme)["certs/example.test.pem"] == (user.pw_uid, user.pw_gid)
+
+
+@needs_root
+def test_root_cli_refuses_when_it_cannot_become_the_owner(nobody_data):
+    """A root without CAP_SETUID/CAP_SETGID (confined) touches nothing and says what to do instead."""
+    data, config, _user = nobody_data
+    before = owners(data)
+    out = root_cli("+dac_read_search", data, "acme", "rollback", "example.test", "--config", config)
+    assert out.returncode == 1, out.stderr
+    assert f"{data} belongs to nobody:nogroup" in out.stderr
+    assert "cannot switch to that user (Operation not permitted); run the command as that user" in out.stderr
+    assert out.stdout == "" and owners(data) == before  # no lock taken, nothing rolled back
 
 
 # -- against pebble ---------------------------------------------------------------------------------

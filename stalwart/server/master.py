@@ -27,6 +27,7 @@ from .. import events
 from .._fast import load as load_kernel
 from ..config import Config
 from ..errors import BindError, ConfigError, ControlError, StalwartError
+from ..privileges import switch_to
 from ..protocols.http.metrics import MetricsTable
 from ..security.admin import AccessAdmin
 from ..security.autoban import SharedSecurity
@@ -218,11 +219,7 @@ class Master:
         gid = grp.getgrnam(group).gr_gid if group else (pwd.getpwnam(user).pw_gid if user else None)
         for path in (self.data_dir, self.control.path):
             os.chown(path, uid if uid is not None else -1, gid if gid is not None else -1)
-        if gid is not None:
-            os.setgroups([])
-            os.setgid(gid)
-        if uid is not None:
-            os.setuid(uid)
+        switch_to(uid, gid)
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe()

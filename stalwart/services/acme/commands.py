@@ -10,9 +10,11 @@
 * ``acme rollback DOMAIN`` — serve the certificate a renewal replaced again (a CA issued one that
   clients reject), then ask the running server to reload certificates.
 
-The offline actions take the provider's lock (:mod:`.lock`) and wait for a running renewal at most
-``--wait`` seconds (default 30), then fail naming the holder. ``acme status`` shows each domain's
-replaced certificates and who holds its provider's lock.
+Run as root, the offline actions first become the owner of the data directory (the user the server
+runs as, :mod:`stalwart.privileges`), or refuse when they cannot. They take the provider's lock
+(:mod:`.lock`) and wait for a running renewal at most ``--wait`` seconds (default 30), then fail
+naming the holder. ``acme status`` shows each domain's replaced certificates and who holds its
+provider's lock.
 """
 from __future__ import annotations
 
@@ -76,6 +78,7 @@ def offline(args, data_dir: str) -> int:
 
     from ...config import load
     from ...errors import StalwartError
+    from ...privileges import become_owner_of
     from . import actions
     from .lock import describe
 
@@ -89,6 +92,11 @@ def offline(args, data_dir: str) -> int:
     lock = {"wait": args.wait, "on_wait": waiting}
     try:
         cfg = load(args.config)
+        # Run as root (sudo), become the server's user before the first file is touched: root-owned
+        # locks/ or account files would make every later renewal fail (stalwart.privileges).
+        notice = become_owner_of(data_dir)
+        if notice:
+            print(f"stalwart-cli: {notice}", file=sys.stderr, flush=True)
         if args.action == "rollover":
             message = asyncio.run(actions.rollover(cfg, args.provider, data_dir, **lock))
         elif args.action == "deactivate":
