@@ -358,7 +358,8 @@ def test_rollover_waits_for_a_running_renewal(pebble_factory, tmp_path):
                  "--data-dir", data, "acme", "rollover", "p", "--config", config, "--wait", "30"],
                 stdout=subprocess.PIPE, stderr=err, text=True)
         try:
-            wait_for(lambda: read(err_path), 15, "the rollover's waiting message")
+            # Not just any stderr: the config's warnings come first, the waiting message after them.
+            wait_for(lambda: "waiting up to" in read(err_path), 15, "the rollover's waiting message")
             assert f"waiting up to 30 s for pid {renewal.pid} (renewal of example.test" in read(err_path)
             time.sleep(1.0)
             assert rollover.poll() is None  # still waiting while the order is in progress
