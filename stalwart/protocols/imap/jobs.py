@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...mailstore import MailstoreError
-from ...mailstore.maildir import MessageGone
 
 if TYPE_CHECKING:
     from ...mailstore import Maildir, Message
@@ -18,12 +17,13 @@ if TYPE_CHECKING:
 
 def fetch_job(maildir: Maildir, msgs: list[Message], content: bool, seen: bool) -> list:
     """(message, bytes or None) per message, in order; the message is None when it is gone."""
-    out: list = []
-    for m in msgs:
-        try:
-            out.append((m, maildir.read(m) if content else None))
-        except MessageGone:
-            out.append((None, None))
+    out: list = [(m, None) for m in msgs]
+    if content:
+        for i, data in maildir.read_each(msgs):
+            if data is None:
+                out[i] = (None, None)
+            else:
+                out[i] = (msgs[i], data)
     if seen:
         unseen = [i for i, (m, _) in enumerate(out) if m is not None and "\\Seen" not in m.flags]
         changed = maildir.change_flags([out[i][0] for i in unseen], add=frozenset({"\\Seen"}))
@@ -38,15 +38,14 @@ def search_job(maildir: Maildir | None, msgs: list[Message], search) -> list[tup
     the contents (``maildir`` is None when none does)."""
     largest_seq, largest_uid = len(msgs), (msgs[-1].uid if msgs else 0)
     hits = []
-    for i, m in enumerate(msgs, 1):
-        data = None
-        if maildir is not None:
-            try:
-                data = maildir.read(m)
-            except MailstoreError:
-                continue  # expunged by another session meanwhile: it matches nothing
-        if search.matches(i, m, largest_seq, largest_uid, data):
-            hits.append((i, m))
+    if maildir is None:
+        each = ((i, None) for i in range(len(msgs)))
+    else:  # one at a time; one expunged by another session meanwhile (None) matches nothing
+        each = ((i, data) for i, data in maildir.read_each(msgs) if data is not None)
+    for i, data in each:
+        if search.matches(i + 1, msgs[i], largest_seq, largest_uid, data):
+            hits.append((i + 1, msgs[i]))
+    hits.sort(key=lambda hit: hit[0])  # read_each may give a message renamed meanwhile last
     return hits
 
 
