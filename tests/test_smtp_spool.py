@@ -123,6 +123,14 @@ def spool_files(tmp_path):
     return os.listdir(d) if os.path.isdir(d) else []
 
 
+def spool_files_after_discard(tmp_path, timeout=5.0):
+    """The spool files left once a discard's background removal had its chance (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while spool_files(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return spool_files(tmp_path)
+
+
 ENVELOPE = b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<jane@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n"
 
 
@@ -183,7 +191,7 @@ def test_oversized_spooled_message_is_552_and_leaves_nothing(tmp_path):
     assert 1 in seen_spool  # it did spool before going over the limit
     assert replies(out).endswith(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n"
                                  b"552 5.3.4 Message too big for system.\r\n250 2.0.0 OK\r\n")
-    assert spool_files(tmp_path) == [] and maildir_files(tmp_path, "jane") == []
+    assert spool_files_after_discard(tmp_path) == [] and maildir_files(tmp_path, "jane") == []
 
 
 def test_connection_closed_mid_data_removes_the_spool(tmp_path):
@@ -191,7 +199,37 @@ def test_connection_closed_mid_data_removes_the_spool(tmp_path):
     drive(core, [ENVELOPE] + [b"z" * 100 + b"\r\n"] * 5)
     assert len(spool_files(tmp_path)) == 1
     core.connection_closed()
-    assert spool_files(tmp_path) == [] and maildir_files(tmp_path, "jane") == []
+    assert spool_files_after_discard(tmp_path) == [] and maildir_files(tmp_path, "jane") == []
+
+
+def test_discard_leaves_close_and_unlink_to_another_thread(tmp_path, monkeypatch):
+    """Review finding: a client dropping mid-DATA made the event loop (connection_closed ->
+    Spool.discard) close and unlink a file of up to 100 MiB itself, 5-50 ms of a stalled loop."""
+    core = session(tmp_path, threshold=64)
+    line = b"x" * 1022 + b"\r\n"
+    drive(core, [ENVELOPE] + [line * 1024] * 32)  # 32 MiB spooled
+    [name] = spool_files(tmp_path)
+    path, spool_fd = os.path.join(str(tmp_path), "spool", name), core._spool._fd
+    real_unlink, real_close = os.unlink, os.close
+    seen = []
+
+    def unlink(p, *a, **kw):
+        if p == path:
+            seen.append(("unlink", threading.current_thread()))
+        return real_unlink(p, *a, **kw)
+
+    def close(fd):
+        if fd == spool_fd:
+            seen.append(("close", threading.current_thread()))
+        return real_close(fd)
+
+    monkeypatch.setattr(spool_mod.os, "unlink", unlink)
+    monkeypatch.setattr(spool_mod.os, "close", close)
+    assert os.path.getsize(path) >= 32 << 20 and spool_fd is not None
+    core.connection_closed()  # on this thread, which stands for the event loop
+    assert spool_files_after_discard(tmp_path) == [] and maildir_files(tmp_path, "jane") == []
+    assert sorted(op for op, _ in seen) == ["close", "unlink"]
+    assert all(th is not threading.current_thread() for _, th in seen), seen
 
 
 def test_discard_while_a_job_holds_the_spool_is_done_by_that_job(tmp_path):

@@ -11,14 +11,17 @@ A copy is made only where a link cannot be (another filesystem) or when a header
 of the body (the AI classification, known only at the end).
 
 Every method blocks (disk) and runs in a pool thread, one job at a time per session (the session
-core waits for each), except :meth:`Spool.discard`, which any thread may call at any time. After a
-crash only files under ``spool/`` (and Maildir ``tmp/``) remain, never a partial file in ``new/``;
-:func:`sweep` removes spool files older than :data:`MAX_AGE`.
+core waits for each), except :meth:`Spool.discard`, which any thread may call at any time and which
+never blocks: the event loop calls it when a client drops mid-DATA, and unlinking a file of up to
+100 MiB takes 5-50 ms, so the close and unlink are left to one background thread per process
+(:class:`_Reaper`). After a crash only files under ``spool/`` (and Maildir ``tmp/``) remain, never a
+partial file in ``new/``; :func:`sweep` removes spool files older than :data:`MAX_AGE`.
 """
 from __future__ import annotations
 
 import itertools
 import os
+import queue
 import threading
 import time
 
@@ -32,6 +35,54 @@ _counter = itertools.count(1)
 
 class SpoolDiscarded(MailstoreError):
     """The spool was discarded (the connection went away) before the job that wanted it ran."""
+
+
+class _Reaper:
+    """Closes and unlinks discarded spool files on one daemon thread of this process.
+
+    One thread with an unbounded queue rather than a thread per file: :meth:`put` never blocks
+    (``SimpleQueue.put``; starting a thread is only paid once), and a thousand clients dropping at
+    once cost one thread unlinking one file after another instead of a thousand threads. A file
+    still queued when the process dies is left for :func:`sweep`. A forked child starts with an
+    empty queue and no thread: the parent's pending files are the parent's to remove."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[int | None, str | None]] = queue.SimpleQueue()
+        self._mu = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def put(self, fd: int | None, path: str | None) -> None:
+        self._queue.put((fd, path))
+        if self._thread is None:
+            with self._mu:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="spool-reaper", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            fd, path = self._queue.get()
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            if path is not None:
+                try:
+                    os.unlink(path)
+                except OSError:  # gone already, or not removable now: sweep() takes what is left
+                    pass
+
+
+_reaper = _Reaper()
+
+
+def _after_fork_in_child() -> None:
+    global _reaper
+    _reaper = _Reaper()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Spool:
@@ -111,13 +162,18 @@ class Spool:
 
     def discard(self) -> None:
         """Remove the file, from any thread, at any time, any number of times, without waiting: if a
-        job is writing or delivering right now, that job removes it when it is done."""
+        job is writing or delivering right now, that job removes it when it is done; otherwise the
+        file is taken from this spool here and closed and unlinked by the background thread (the
+        caller may be the event loop), so no later job can see it."""
         self._discarded = True
         if self._lock.acquire(blocking=False):
             try:
-                self._remove()
+                fd, self._fd = self._fd, None
+                path, self.path = self.path, None
             finally:
                 self._lock.release()
+            if fd is not None or path is not None:
+                _reaper.put(fd, path)
 
     def _after_job(self) -> None:
         # A discard() that came while the job held the lock could not remove the file: do it now.
