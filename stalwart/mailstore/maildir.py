@@ -300,8 +300,9 @@ class Maildir:
                 found[base] = (sub, e.name, st.st_size, st.st_mtime)
         return found
 
-    def _names(self) -> dict[str, tuple[str, str]]:
-        """basename -> (subdir, filename) of every message now: a listing without a stat per file."""
+    def _names(self, wanted: set[str]) -> dict[str, tuple[str, str]]:
+        """basename -> (subdir, filename) now of those messages in ``wanted`` that are there: a
+        listing without a stat per file."""
         found: dict[str, tuple[str, str]] = {}
         for sub in ("new", "cur"):  # cur/ last: a name seen in both was moved to cur/ meanwhile
             try:
@@ -309,8 +310,9 @@ class Maildir:
             except FileNotFoundError:
                 continue
             for name in names:
-                if not name.startswith("."):
-                    found[name.split(":", 1)[0]] = (sub, name)
+                base = name.split(":", 1)[0]
+                if base in wanted:
+                    found[base] = (sub, name)
         return found
 
     def maildrop_lock(self) -> MaildropLock:
@@ -415,7 +417,7 @@ class Maildir:
                     missed.append(k)
                 where.append(loc)
             if missed:
-                again = self._names()
+                again = self._names({msgs[todo[k]].basename for k in missed})
                 for k in missed:
                     where[k] = again.get(msgs[todo[k]].basename)
             for i, loc in zip(todo, where):
@@ -515,7 +517,7 @@ class Maildir:
         holds no lock): :meth:`_each` gives them all one more look, in one more listing."""
         gone: list[int] = []
         retry: list[int] = []
-        for i, loc in self._each(msgs, retry, 3, listing=self._names()):
+        for i, loc in self._each(msgs, retry, 3, listing=self._names({m.basename for m in msgs})):
             if loc is None or "\\Deleted" not in _flags_of(loc[1]):
                 continue
             try:
