@@ -2,6 +2,8 @@
 
 * :func:`write_all` — ``os.write`` until every byte is written (a write may be short);
 * :func:`write_durable` — create a file exclusively (0600), fill it, fdatasync it, remove it on failure;
+* :func:`replace_file` — atomically replace a whole file (temporary file, fsync, rename): readers
+  see the old or the new content, never half;
 * :func:`read_available` — everything a non-blocking pipe holds now, and whether it reached EOF;
 * :func:`try_flock` — open (creating, 0600) and ``flock`` a lock file without waiting: the descriptor
   that holds the lock, or ``None`` when another open file holds it. The kernel drops a flock when its
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 
 
 def write_all(fd: int, data) -> None:
@@ -60,3 +63,26 @@ def read_available(fd: int) -> tuple[bytes, bool]:
         if not chunk:
             return b"".join(parts), True
         parts.append(chunk)
+
+
+def replace_file(path: str, data: bytes, keep_mode: bool = False) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it and rename it over ``path``.
+    The file is 0600, or keeps the mode of the file it replaces with ``keep_mode``."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if keep_mode:
+            try:
+                os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+            except FileNotFoundError:
+                pass  # a new file stays 0600
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

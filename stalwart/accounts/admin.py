@@ -7,14 +7,13 @@ the server, and replaced atomically; the running server picks it up on SIGHUP (o
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
 import time
 
 from ..config import parse_bytes
 from ..config.types import format_utc
 from ..errors import ConfigError
+from ..fileio import replace_file
 from .model import api_key_hash
 from .passwords import hash_password
 
@@ -40,22 +39,7 @@ def _write(config_path: str, doc: dict) -> None:
     """Validate ``doc`` as the server would on SIGHUP, then replace the file atomically."""
     text = json.dumps(doc, indent=2).encode() + b"\n"
     parse_bytes(text, config_path)
-    directory = os.path.dirname(os.path.abspath(config_path))
-    fd, tmp = tempfile.mkstemp(prefix=".config-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.chmod(tmp, os.stat(config_path).st_mode & 0o7777)
-        except FileNotFoundError:
-            os.chmod(tmp, 0o600)  # it holds password hashes
-        os.replace(tmp, config_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    replace_file(config_path, text, keep_mode=True)  # a new file is 0600: it holds password hashes
 
 
 def add_account(config_path: str, name: str, emails: list[str], password: str,

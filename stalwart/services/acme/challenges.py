@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import ssl
-import tempfile
 import time
 
 from cryptography import x509
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ... import events
+from ...fileio import replace_file
 from .client import ChallengeSolver
 
 CHALLENGE_TTL = 3600.0  # s
@@ -45,22 +45,9 @@ def acme_dir(data_dir: str) -> str:
 
 
 def write_private(path: str, data: bytes) -> None:
-    """Atomically write ``data`` (mode 0600): readers see the old or the new file, never half."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Atomically write ``data`` (mode 0600) in a private directory: readers see the old or the new file."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    replace_file(path, data)
 
 
 def tls_alpn_certificate(name: str, key_authorization: str) -> tuple[bytes, bytes]:
