@@ -236,3 +236,26 @@ class ChallengeHttp:
         self.gate.set()
         self.srv.shutdown()
         self.srv.server_close()
+
+
+def register_account(directory_url: str, ca_file: str, data_dir: str, provider: str = "p",
+                     contact: str = "mailto:admin@example.test"):
+    """Register a new account at the CA behind ``directory_url`` and store it as ``provider``'s in
+    ``data_dir`` (what the first order would do). Returns ``(key, account URI)``."""
+    import asyncio
+
+    from stalwart.services.acme.client import AcmeClient
+    from stalwart.services.acme.http import HttpClient
+    from stalwart.services.acme.jws import AccountKey
+    from stalwart.services.acme.state import AcmeState
+
+    key = AccountKey.generate()
+
+    async def register():
+        client = AcmeClient(directory_url, key, HttpClient(ca_file=ca_file))
+        client.configure_account([contact])
+        return await client.register()
+
+    uri = asyncio.run(register())
+    AcmeState(data_dir).save_account(provider, directory_url, key, uri, [contact])
+    return key, uri

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from acme_util import HAVE_PEBBLE, ChallengeHttp, cli, pebbles, wait_for
+from acme_util import HAVE_PEBBLE, ChallengeHttp, cli, pebbles, register_account, wait_for
 from certgen import make_cert
 from stalwart.config import parse_bytes
 from stalwart.services.acme.client import AcmeClient, AcmeProblem
@@ -296,15 +296,7 @@ def test_dead_holder_does_not_block(pebble_factory, tmp_path):
     data = str(tmp_path / "data")
     peb = pebble_factory()
     state = AcmeState(data)
-    key = AccountKey.generate()
-
-    async def register():
-        client = AcmeClient(peb.directory_url, key, HttpClient(ca_file=peb.ca_file))
-        client.configure_account(["mailto:admin@example.test"])
-        return await client.register()
-
-    uri = asyncio.run(register())
-    state.save_account("p", peb.directory_url, key, uri, ["mailto:admin@example.test"])
+    key, uri = register_account(peb.directory_url, peb.ca_file, data)
     config = write_config(tmp_path, acme_config(peb))
     proc = start_holder(data, "p")
     try:

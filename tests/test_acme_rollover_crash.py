@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from acme_util import HAVE_PEBBLE, ChallengeHttp, cli, pebbles, wait_for
+from acme_util import HAVE_PEBBLE, ChallengeHttp, cli, pebbles, register_account, wait_for
 from stalwart import events
 from stalwart.config import parse_bytes
 from stalwart.services.acme.client import AcmeClient, AcmeError, AcmeProblem
@@ -397,15 +397,7 @@ def test_lost_answer_is_settled_by_asking_the_ca(pebble_factory, tmp_path):
     proxy = GatedProxy(peb)
     try:
         state = AcmeState(data)
-        key = AccountKey.generate()
-
-        async def register():
-            client = AcmeClient(proxy.directory_url, key, HttpClient(ca_file=peb.ca_file))
-            client.configure_account(["mailto:admin@example.test"])
-            return await client.register()
-
-        uri = asyncio.run(register())
-        state.save_account("p", proxy.directory_url, key, uri, ["mailto:admin@example.test"])
+        key, uri = register_account(proxy.directory_url, peb.ca_file, data)
         config = write_config(tmp_path, config_doc(proxy.directory_url, peb.ca_file))
         directory = json.loads(proxy_get(proxy, "/dir"))
         proxy.hold(urlsplit(directory["keyChange"]).path, "lost")
@@ -451,15 +443,7 @@ def test_normal_rollover_leaves_no_pending_key(pebble_factory, tmp_path):
     data = str(tmp_path / "data")
     peb = pebble_factory()
     state = AcmeState(data)
-    key = AccountKey.generate()
-
-    async def register():
-        client = AcmeClient(peb.directory_url, key, HttpClient(ca_file=peb.ca_file))
-        client.configure_account(["mailto:admin@example.test"])
-        return await client.register()
-
-    uri = asyncio.run(register())
-    state.save_account("p", peb.directory_url, key, uri, ["mailto:admin@example.test"])
+    key, uri = register_account(peb.directory_url, peb.ca_file, data)
     config = write_config(tmp_path, config_doc(peb.directory_url, peb.ca_file))
     keys = [key]
     for _ in range(2):
