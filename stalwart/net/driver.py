@@ -47,7 +47,7 @@ def _normalise_packed(packed: bytes) -> bytes:
 
 class Connection(asyncio.Protocol):
     __slots__ = (
-        "worker", "lr", "transport", "core", "remote_ip", "remote_port", "local_port", "packed",
+        "worker", "lr", "transport", "core", "remote_ip", "remote_port", "local_ip", "local_port", "packed",
         "exempt", "held", "last_active", "started", "span", "shutting_down", "tls_state", "stage",
         "buf", "guard_pending", "proxy_header", "hello_want", "_closing",
     )
@@ -83,7 +83,7 @@ class Connection(asyncio.Protocol):
         self.remote_ip = ip
         self.remote_port = peer[1]
         local = transport.get_extra_info("sockname")
-        self.local_port = local[1] if local else 0
+        self.local_ip, self.local_port = (local[0], local[1]) if local else ("", 0)
         self.packed = packed = pack_address(ip)
         self.last_active = self.started = worker.loop.time()
         if lr.trust is not None and lr.trust.contains(packed, int(time.time())):
@@ -408,8 +408,7 @@ class Connection(asyncio.Protocol):
             remote_ip=self.remote_ip, remote_port=self.remote_port, local_port=self.local_port,
             tls_available=lr.starttls, tls_active=lr.implicit_tls, span_id=self.span, started=self.started,
         )
-        local = self.transport.get_extra_info("sockname") if self.transport is not None else None
-        ctx.extra["local_ip"] = local[0] if local else ""  # the `local_ip` expression variable
+        ctx.extra["local_ip"] = self.local_ip  # the `local_ip` expression variable
         if lr.implicit_tls and self.transport is not None:
             obj = self.transport.get_extra_info("ssl_object")
             if obj is not None:
