@@ -5,6 +5,8 @@
 * :func:`replace_file` — atomically replace a whole file (temporary file, fsync, rename): readers
   see the old or the new content, never half;
 * :func:`read_available` — everything a non-blocking pipe holds now, and whether it reached EOF;
+* :func:`fsync_dir` and :data:`dir_sync` — make renames into a directory durable, the latter as a
+  group commit shared by concurrent threads;
 * :func:`try_flock` — open (creating, 0600) and ``flock`` a lock file without waiting: the descriptor
   that holds the lock, or ``None`` when another open file holds it. The kernel drops a flock when its
   last descriptor closes, so a holder that dies never leaves a stale lock.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
+import threading
 
 
 def write_all(fd: int, data) -> None:
@@ -86,3 +89,56 @@ def replace_file(path: str, data: bytes, keep_mode: bool = False) -> None:
         except OSError:
             pass
         raise
+
+
+def fsync_dir(path: str) -> None:
+    """Make the renames and links already done in directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DirSync:
+    """Group commit of directory fsyncs within one process.
+
+    Each delivery of a message must not be acknowledged before its rename is durable, but one fsync of
+    ``new/`` makes every rename done before it started durable. Threads that renamed into the same
+    directory while an fsync was running wait for the next one and share it, so N concurrent
+    deliveries cost about two directory fsyncs instead of N.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._state: dict[str, list[int]] = {}  # path -> [requested, done, running]
+
+    def sync(self, path: str) -> None:
+        with self._cond:
+            st = self._state.setdefault(path, [0, 0, 0])
+            st[0] += 1
+            ticket = st[0]
+            while True:
+                if st[1] >= ticket:
+                    return
+                if not st[2]:
+                    st[2] = 1
+                    target = st[0]  # this fsync covers every rename requested so far
+                    break
+                self._cond.wait()
+        synced = False
+        try:
+            fsync_dir(path)
+            synced = True
+        finally:
+            with self._cond:
+                st[2] = 0
+                if synced:  # after a failure a waiter becomes the next runner and tries again
+                    st[1] = max(st[1], target)
+                if st[1] >= st[0] and len(self._state) > 1024:
+                    self._state.pop(path, None)
+                self._cond.notify_all()
+
+
+#: the process-wide group commit (every delivery path of a worker shares it)
+dir_sync = DirSync()

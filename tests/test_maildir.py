@@ -189,7 +189,7 @@ def test_kill_9_during_deliveries_leaves_only_whole_messages(tmp_path):
 def test_directory_fsyncs_are_shared_but_never_skipped(monkeypatch):
     """Group commit: each caller returns only after an fsync that started after it asked, and
     concurrent callers share fsyncs."""
-    from stalwart.mailstore import maildir as mod
+    from stalwart import fileio as mod
 
     clock = {"n": 0}
     started: list[int] = []
@@ -203,8 +203,8 @@ def test_directory_fsyncs_are_shared_but_never_skipped(monkeypatch):
         time.sleep(0.02)
         return mark
 
-    monkeypatch.setattr(mod, "_fsync_dir", slow_fsync)
-    sync = mod._DirSync()
+    monkeypatch.setattr(mod, "fsync_dir", slow_fsync)
+    sync = mod.DirSync()
     results = []
 
     def caller():

@@ -47,7 +47,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..errors import StalwartError
-from ..fileio import try_flock, write_all, write_durable
+from ..fileio import dir_sync, fsync_dir, try_flock, write_all, write_durable
 
 #: RFC 3501 §2.3.2 system flags and their Maildir info letters (sorted ASCII in a file name)
 FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
@@ -160,55 +160,6 @@ def copy_file(src: int, dst: int, offset: int, count: int) -> None:
         count -= len(chunk)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _DirSync:
-    """Group commit of directory fsyncs within one process.
-
-    Each delivery must not be acknowledged before its rename is durable, but one fsync of
-    ``new/`` makes every rename done before it started durable. Threads that renamed into the same
-    directory while an fsync was running wait for the next one and share it, so N concurrent
-    deliveries cost about two directory fsyncs instead of N.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._state: dict[str, list[int]] = {}  # path -> [requested, done, running]
-
-    def sync(self, path: str) -> None:
-        with self._cond:
-            st = self._state.setdefault(path, [0, 0, 0])
-            st[0] += 1
-            ticket = st[0]
-            while True:
-                if st[1] >= ticket:
-                    return
-                if not st[2]:
-                    st[2] = 1
-                    target = st[0]  # this fsync covers every rename requested so far
-                    break
-                self._cond.wait()
-        synced = False
-        try:
-            _fsync_dir(path)
-            synced = True
-        finally:
-            with self._cond:
-                st[2] = 0
-                if synced:  # after a failure a waiter becomes the next runner and tries again
-                    st[1] = max(st[1], target)
-                if st[1] >= st[0] and len(self._state) > 1024:
-                    self._state.pop(path, None)
-                self._cond.notify_all()
-
-
-_dir_sync = _DirSync()
 
 
 _DIGITS = re.compile(r"([0-9]+)")
@@ -251,8 +202,15 @@ class Maildir:
             os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
 
     # -- delivery --------------------------------------------------------------------------------
+    def delivery_paths(self, size: int) -> tuple[str, str, str, str]:
+        """A new message's unique name, its ``tmp/`` and ``new/`` paths, and the ``new/`` directory."""
+        name = _unique_name(size)
+        new = os.path.join(self.path, "new")
+        return name, os.path.join(self.path, "tmp", name), os.path.join(new, name), new
+
     def deliver(self, message: bytes) -> str:
-        """Store ``message`` atomically in ``new/``; returns its unique name once it is durable."""
+        """Store ``message`` atomically in ``new/``; returns its unique name once it is durable.
+        (:class:`~stalwart.mailstore.committer.Committer` does the same from the event loop.)"""
         self.ensure()
         name = _unique_name(len(message))
         tmp = os.path.join(self.path, "tmp", name)
@@ -262,7 +220,7 @@ class Maildir:
     def _publish(self, tmp: str, name: str) -> str:
         """Rename the durable ``tmp/`` file into ``new/`` and make the rename durable (group commit)."""
         os.rename(tmp, os.path.join(self.path, "new", name))
-        _dir_sync.sync(os.path.join(self.path, "new"))
+        dir_sync.sync(os.path.join(self.path, "new"))
         return name
 
     def deliver_link(self, source: str, size: int) -> str:
@@ -381,7 +339,7 @@ class Maildir:
             os.fsync(fh.fileno())
         os.rename(tmp, path)
         # A lost rename after a crash would bring back a smaller nextuid than clients have seen.
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def _each(self, msgs: list[Message], retry: list[int], tries: int,
               listing: dict[str, tuple[str, str]] | None = None) -> Iterator[tuple[int, tuple[str, str] | None]]:
@@ -530,5 +488,5 @@ class Maildir:
         return gone
 
     def _sync_dirs(self) -> None:
-        _fsync_dir(os.path.join(self.path, "cur"))
-        _fsync_dir(os.path.join(self.path, "new"))
+        fsync_dir(os.path.join(self.path, "cur"))
+        fsync_dir(os.path.join(self.path, "new"))

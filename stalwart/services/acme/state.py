@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from ... import events
+from ...fileio import fsync_dir
 from ...tls.certs import CertificateError, ParsedCertificate, parse_certificate
 from .challenges import acme_dir, write_private
 from .client import AcmeError
@@ -77,15 +78,6 @@ def leaf_serial(cert: ParsedCertificate) -> str:
     return format(x509.load_pem_x509_certificates(cert.chain_pem)[0].serial_number, "x")
 
 
-def _fsync_directory(path: str) -> None:
-    """Make a rename in ``path`` survive a power loss (rename is atomic, not durable, until then)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _safe(name: str) -> str:
     return _SAFE.sub("_", name) or "_"
 
@@ -118,7 +110,7 @@ class AcmeState:
     def _write_account(self, provider_id: str, doc: dict) -> None:
         path = self._account_path(provider_id)
         write_private(path, json.dumps(doc, indent=1).encode())
-        _fsync_directory(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
 
     def load_account(self, provider_id: str, directory: str) -> tuple[AccountKey, str | None, list[str]]:
         """The provider's account key, URI and registered contacts; a new key when there is none or
