@@ -1,0 +1,254 @@
+"""The commit kernel (durable tmp -> final publication off the GIL) and the Committer over it,
+on the compiled kernel and its twin."""
+import asyncio
+import errno
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kernels import kernel_fixture
+from stalwart._fast import load
+from stalwart.mailstore import MailStore
+from stalwart.mailstore.committer import Committer
+from stalwart.mailstore.maildir import Maildir
+
+commit = kernel_fixture("commit")
+
+
+def test_compiled_kernel_is_really_compiled():
+    assert load("commit", compiled=True).__file__.endswith(".so")
+
+
+def wait_all(q, tokens, timeout=20.0):
+    """Drain until every token came back: {token: errno}; each token exactly once."""
+    got: dict[int, int] = {}
+    deadline = time.monotonic() + timeout
+    while set(got) != set(tokens):
+        left = deadline - time.monotonic()
+        assert left > 0, f"missing {set(tokens) - set(got)}"
+        select.select([q.fileno()], [], [], left)
+        for token, err in q.drain():
+            assert token not in got, "a token came back twice"
+            got[token] = err
+    return got
+
+
+def mailbox(tmp_path, name="m"):
+    d = tmp_path / name
+    for sub in ("tmp", "new"):
+        (d / sub).mkdir(parents=True)
+    return d
+
+
+def job(d, i, data):
+    return (os.fsencode(d / "tmp" / str(i)), os.fsencode(d / "new" / str(i)), os.fsencode(d / "new"), data)
+
+
+def test_jobs_land_whole_in_final_and_leave_nothing_in_tmp(commit, tmp_path):
+    d = mailbox(tmp_path)
+    q = commit.CommitQueue(4)
+    try:
+        bodies = {i: os.urandom(i * 37 % 5000) for i in range(300)}
+        for i, body in bodies.items():
+            q.submit(i, *job(d, i, body))
+        assert wait_all(q, bodies) == {i: 0 for i in bodies}
+    finally:
+        q.close()
+    assert os.listdir(d / "tmp") == []
+    for i, body in bodies.items():
+        assert (d / "new" / str(i)).read_bytes() == body
+        assert (d / "new" / str(i)).stat().st_mode & 0o777 == 0o600
+
+
+def test_many_directories_at_once(commit, tmp_path):
+    """More directories in flight than the group-commit table holds (256 in the kernel): jobs
+    beyond it fsync on their own, none is lost."""
+    boxes = [mailbox(tmp_path, f"m{i}") for i in range(300)]
+    q = commit.CommitQueue(8)
+    try:
+        for i, d in enumerate(boxes):
+            q.submit(i, *job(d, i, b"x%d" % i))
+        assert set(wait_all(q, range(300)).values()) == {0}
+    finally:
+        q.close()
+    for i, d in enumerate(boxes):
+        assert (d / "new" / str(i)).read_bytes() == b"x%d" % i
+
+
+def test_errors_come_back_as_errno_and_clean_up(commit, tmp_path):
+    d = mailbox(tmp_path)
+    (d / "tmp" / "taken").write_bytes(b"someone else's")
+    q = commit.CommitQueue(2)
+    try:
+        q.submit(1, os.fsencode(tmp_path / "nodir" / "x"), os.fsencode(d / "new" / "x"), os.fsencode(d / "new"), b"a")
+        q.submit(2, os.fsencode(d / "tmp" / "taken"), os.fsencode(d / "new" / "t"), os.fsencode(d / "new"), b"b")
+        # the rename fails (the target directory is a file): the written tmp file is removed
+        (tmp_path / "notadir").write_bytes(b"")
+        q.submit(3, os.fsencode(d / "tmp" / "r"), os.fsencode(tmp_path / "notadir" / "r"), os.fsencode(d / "new"), b"c")
+        got = wait_all(q, [1, 2, 3])
+    finally:
+        q.close()
+    assert got == {1: errno.ENOENT, 2: errno.EEXIST, 3: errno.ENOTDIR}
+    assert (d / "tmp" / "taken").read_bytes() == b"someone else's"  # EEXIST never removes the other file
+    assert sorted(os.listdir(d / "tmp")) == ["taken"]
+    assert os.listdir(d / "new") == []
+
+
+def test_bad_calls_are_refused(commit, tmp_path):
+    d = mailbox(tmp_path)
+    q = commit.CommitQueue(1)
+    with pytest.raises(ValueError):
+        q.submit(1, b"a\0b", b"c", b"d", b"e")
+    with pytest.raises(TypeError):
+        q.submit(1, "str path", b"c", b"d", b"e")
+    q.submit(7, *job(d, 7, b"x"))
+    with pytest.raises(ValueError):
+        q.submit(7, *job(d, 8, b"y"))  # token 7 is still queued or not drained
+    assert wait_all(q, [7]) == {7: 0}
+    q.submit(7, *job(d, 9, b"z"))  # drained: the token may be used again
+    assert wait_all(q, [7]) == {7: 0}
+    q.close()
+    q.close()  # idempotent
+    with pytest.raises(ValueError):
+        q.submit(8, *job(d, 10, b"w"))
+    with pytest.raises(ValueError):
+        commit.CommitQueue(0)
+
+
+def test_close_finishes_what_was_queued(commit, tmp_path):
+    d = mailbox(tmp_path)
+    q = commit.CommitQueue(2)
+    for i in range(200):
+        q.submit(i, *job(d, i, b"m%d" % i))
+    q.close()  # returns once every queued job is done; the results are still there to drain
+    got = dict(q.drain())
+    assert got == {i: 0 for i in range(200)}
+    assert len(os.listdir(d / "new")) == 200
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 3), st.binary(max_size=3000), st.booleans()), min_size=1, max_size=40))
+def test_any_mix_of_good_and_failing_jobs(commit, tmp_path_factory, plan):
+    """Whatever the mix of directories, sizes and failures: each job answers once, a success is
+    exactly its bytes in final, a failure leaves no file behind in tmp/ or final."""
+    root = tmp_path_factory.mktemp("mix")
+    boxes = [mailbox(root, f"b{i}") for i in range(4)]
+    q = commit.CommitQueue(3)
+    try:
+        for token, (box, data, fail) in enumerate(plan):
+            tmp, final, directory, data = job(boxes[box], token, data)
+            if fail:
+                tmp = os.fsencode(root / "missing" / str(token))
+            q.submit(token, tmp, final, directory, data)
+        got = wait_all(q, range(len(plan)))
+    finally:
+        q.close()
+    for token, (box, data, fail) in enumerate(plan):
+        final = boxes[box] / "new" / str(token)
+        if fail:
+            assert got[token] == errno.ENOENT and not final.exists()
+        else:
+            assert got[token] == 0 and final.read_bytes() == data
+    assert all(os.listdir(b / "tmp") == [] for b in boxes)
+
+
+# -- Committer: the event-loop side ---------------------------------------------------------------
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["py", "c"])
+def test_committer_delivers_through_the_kernel_and_creates_new_mailboxes(tmp_path, compiled):
+    import concurrent.futures
+
+    store = MailStore(str(tmp_path / "data"))
+    store.maildir("old").ensure()
+
+    async def main():
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            c = Committer(asyncio.get_running_loop(), pool, 2, kernel=load("commit", compiled=compiled))
+            try:
+                # "Old" and "old" are one mailbox; "fresh" has no directories yet (thread path)
+                out = await store.deliver_async(c, b"Subject: hi\r\n\r\nbody\r\n", ["Old", "old", "fresh"])
+                many = await asyncio.gather(*(c.deliver(store.maildir("old"), b"%d" % i) for i in range(50)))
+            finally:
+                c.close()
+            return out, many
+
+    out, many = run(main())
+    assert out == {"Old": None, "old": None, "fresh": None}
+    assert len(set(many)) == 50
+    old, fresh = Maildir(str(tmp_path / "data" / "mail" / "old")), Maildir(str(tmp_path / "data" / "mail" / "fresh"))
+    assert len(os.listdir(os.path.join(old.path, "new"))) == 51
+    assert [open(os.path.join(fresh.path, "new", n), "rb").read() for n in os.listdir(os.path.join(fresh.path, "new"))] \
+        == [b"Subject: hi\r\n\r\nbody\r\n"]
+    for n in many:
+        assert os.path.exists(os.path.join(old.path, "new", n))
+
+
+def test_committer_reports_a_storage_error_per_mailbox(tmp_path):
+    import concurrent.futures
+
+    store = MailStore(str(tmp_path / "data"))
+    store.maildir("good").ensure()
+    bad = store.maildir("bad")
+    bad.ensure()
+    os.rmdir(os.path.join(bad.path, "new"))
+    open(os.path.join(bad.path, "new"), "wb").close()  # new/ is a file: the rename fails
+
+    async def main():
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            c = Committer(asyncio.get_running_loop(), pool, 2)
+            try:
+                return await store.deliver_async(c, b"x", ["good", "bad"])
+            finally:
+                c.close()
+
+    out = run(main())
+    assert out["good"] is None
+    assert isinstance(out["bad"], OSError) and out["bad"].errno == errno.ENOTDIR
+    assert os.listdir(os.path.join(bad.path, "tmp")) == []
+
+
+KILLER = r'''
+import os, select, sys
+from stalwart._fast import load
+q = load("commit", compiled=sys.argv[2] == "c").CommitQueue(4)
+d = sys.argv[1]
+print("go", flush=True)
+i = 0
+while True:
+    i += 1
+    q.submit(i, f"{d}/tmp/{i}".encode(), f"{d}/new/{i}".encode(), f"{d}/new".encode(), (b"%08d" % i) * 512)
+    if i % 64 == 0:
+        select.select([q.fileno()], [], [], 1)
+        q.drain()
+'''
+
+
+@pytest.mark.parametrize("kind", ["py", "c"])
+def test_sigkill_mid_stream_leaves_only_whole_messages(tmp_path, kind):
+    """A process killed while its threads write: every file in new/ is complete (4 KiB of its own
+    number), so a reader never sees half a message."""
+    d = mailbox(tmp_path)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(d), kind], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout.readline() == b"go\n"
+        deadline = time.monotonic() + 20
+        while len(os.listdir(d / "new")) < 50 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    names = os.listdir(d / "new")
+    assert len(names) >= 50
+    for name in names:
+        assert (d / "new" / name).read_bytes() == (b"%08d" % int(name)) * 512
