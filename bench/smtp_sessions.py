@@ -9,7 +9,8 @@ so the ratios hold even though absolute figures on a shared 2-core machine drift
   link into new/; the directory is not fsynced, so the new name is not durable before the ``250``);
 * ``aiosmtpd-sink``: aiosmtpd with a handler that accepts and discards (its protocol cost alone);
 * ``stalwartd xN``: the real server with N workers, every message fsynced into the recipient's
-  Maildir before the ``250`` (file and directory), plus its full connection pipeline;
+  Maildir before the ``250`` (file and directory), plus its full connection pipeline; deliveries go
+  through the ``commit`` kernel (``STALWART_NO_EXTENSIONS=1`` measures its Python twin instead);
 * ``postfix``: Postfix ``smtpd`` when ``--postfix HOST:PORT`` names one already running; it must
   accept ``user@bench.test``. ``bench/postfix_peer.sh`` makes this machine's Debian Postfix such a
   peer on 127.0.0.1:2528: the ``250`` after the queue file is fsynced, then the discard transport.

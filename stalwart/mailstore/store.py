@@ -1,6 +1,7 @@
 """Where every account's mail lives under the data directory, and delivery to several of them."""
 from __future__ import annotations
 
+import asyncio
 import os
 
 from .maildir import Maildir, MailstoreError
@@ -57,4 +58,19 @@ class MailStore:
                     done[key] = None
                 except OSError as exc:
                     done[key] = exc
+        return {account: done[account.lower()] for account in accounts}
+
+    async def deliver_async(self, committer, message: bytes, accounts: list[str]) -> dict[str, BaseException | None]:
+        """:meth:`deliver` from the event loop through ``committer`` (a
+        :class:`~stalwart.mailstore.committer.Committer`): every mailbox written at once."""
+        keys: dict[str, Maildir] = {}
+        for account in accounts:
+            keys.setdefault(account.lower(), self.maildir(account))
+        results = await asyncio.gather(*(committer.deliver(md, message) for md in keys.values()),
+                                       return_exceptions=True)
+        done: dict[str, BaseException | None] = {}
+        for key, result in zip(keys, results):
+            if isinstance(result, BaseException) and not isinstance(result, (OSError, MailstoreError)):
+                raise result
+            done[key] = result if isinstance(result, BaseException) else None
         return {account: done[account.lower()] for account in accounts}

@@ -18,6 +18,7 @@ import re
 from typing import TYPE_CHECKING
 
 from .. import events
+from ..mailstore import committer
 from ..accounts import AccountEntry, sasl
 from . import mailcommon
 from .base import SessionContext
@@ -60,6 +61,12 @@ def deliver_job(store: MailStore, header: bytes, body: bytes, accounts: list[str
     """Blocking job: prepend ``Received:`` (dated here, not in the clock-free core) and store."""
     message = header + mailcommon.rfc5322_date().encode() + b"\r\n" + body
     return store.deliver(message, accounts)
+
+
+async def deliver_async(store: MailStore, header: bytes, body: bytes, accounts: list[str]) -> dict:
+    """:func:`deliver_job` on the event loop, through this worker's committer."""
+    message = header + mailcommon.rfc5322_date().encode() + b"\r\n" + body
+    return await store.deliver_async(committer.current(), message, accounts)
 
 
 class SmtpSession(mailcommon.PasswordAuth, LineSession):
@@ -426,8 +433,11 @@ class SmtpSession(mailcommon.PasswordAuth, LineSession):
             self._block(deliver_spool_job, (self.services.store, self._spool, body, extra_headers, accounts),
                         self._delivered)
             return
-        self._block(deliver_job, (self.services.store, self._received_header(), extra_headers + body, accounts),
-                    self._delivered)
+        args = (self.services.store, self._received_header(), extra_headers + body, accounts)
+        if committer.current() is not None:
+            self._await(deliver_async, args, self._delivered)  # C threads, no GIL handoffs
+        else:
+            self._block(deliver_job, args, self._delivered)
 
     def _received_header(self) -> bytes:
         """RFC 5321 §4.4 trace header, with the RFC 3848 protocol keyword; dated by the job."""

@@ -148,6 +148,11 @@ class Worker:
             "io": concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="io"),
             "cpu": concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="cpu"),
         }
+        if self.plan.extra.get("data_dir"):
+            # Deliveries of whole messages: C threads, no GIL handoff per syscall (mailstore/committer.py).
+            from ..mailstore import committer
+
+            committer.install(committer.Committer(loop, self.executors["io"], IO_THREADS))
         self._stop = asyncio.Event()
         self._sessions_empty = asyncio.Event()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -179,6 +184,11 @@ class Worker:
         renewer = loop.create_task(self._renew_licence()) if self.position == 1 else None
         await self._stop.wait()
         await self._drain()
+        from ..mailstore import committer
+
+        last = committer.install(None)
+        if last is not None:
+            last.close()  # deliveries still queued are finished, not dropped
         sweeper.cancel()
         expiry.cancel()
         if renewer is not None:
