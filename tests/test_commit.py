@@ -252,3 +252,17 @@ def test_sigkill_mid_stream_leaves_only_whole_messages(tmp_path, kind):
     assert len(names) >= 50
     for name in names:
         assert (d / "new" / name).read_bytes() == (b"%08d" % int(name)) * 512
+
+
+def test_smtp_delivery_falls_back_to_a_thread_once_the_committer_is_gone(tmp_path):
+    """The core chose the committer path, then the worker uninstalled it (stopping): the message
+    is still delivered, through a thread."""
+    from stalwart.mailstore import committer
+    from stalwart.protocols.smtp import deliver_async
+
+    store = MailStore(str(tmp_path / "data"))
+    assert committer.current() is None
+    out = run(deliver_async(store, b"Received: x;\r\n\t", b"Subject: s\r\n\r\nb\r\n", ["u"]))
+    assert out == {"u": None}
+    (name,) = os.listdir(tmp_path / "data" / "mail" / "u" / "new")
+    assert (tmp_path / "data" / "mail" / "u" / "new" / name).read_bytes().endswith(b"Subject: s\r\n\r\nb\r\n")

@@ -13,6 +13,7 @@ header and is stored in each recipient's Maildir by a :class:`~.base.Blocking` j
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import re
 from typing import TYPE_CHECKING
@@ -66,7 +67,10 @@ def deliver_job(store: MailStore, header: bytes, body: bytes, accounts: list[str
 async def deliver_async(store: MailStore, header: bytes, body: bytes, accounts: list[str]) -> dict:
     """:func:`deliver_job` on the event loop, through this worker's committer."""
     message = header + mailcommon.rfc5322_date().encode() + b"\r\n" + body
-    return await store.deliver_async(committer.current(), message, accounts)
+    current = committer.current()
+    if current is None:  # uninstalled since the core chose this path (the worker is stopping)
+        return await asyncio.get_running_loop().run_in_executor(None, store.deliver, message, accounts)
+    return await store.deliver_async(current, message, accounts)
 
 
 class SmtpSession(mailcommon.PasswordAuth, LineSession):
