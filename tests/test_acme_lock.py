@@ -16,9 +16,17 @@ import tempfile
 import time
 
 import pytest
-
-from acme_util import HAVE_PEBBLE, ChallengeHttp, cli, pebbles, register_account, wait_for
+from acme_util import (
+    HAVE_PEBBLE,
+    ChallengeHttp,
+    cli,
+    pebbles,
+    register_account,
+    wait_for,
+)
 from certgen import make_cert
+from rootcli import needs_root, owners, root_cli
+
 from stalwart.config import parse_bytes
 from stalwart.services.acme.client import AcmeClient, AcmeProblem
 from stalwart.services.acme.http import HttpClient
@@ -169,10 +177,6 @@ def test_renewal_gives_up_with_a_temporary_error_naming_the_holder(tmp_path):
 
 # -- `sudo stalwart-cli acme …` on the data directory of a server that runs as another user ----------
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                                reason="needs root, and setpriv (util-linux) to confine it")
-
-
 @pytest.fixture
 def nobody_data(tmp_path):
     """A data directory owned by ``nobody`` (the service user) with two certificates installed, in a
@@ -196,24 +200,6 @@ def nobody_data(tmp_path):
         yield data, config, user
     finally:
         shutil.rmtree(top)
-
-
-def owners(top: str) -> dict[str, tuple[int, int]]:
-    out = {}
-    for root, dirs, files in os.walk(top):
-        for name in [root] + [os.path.join(root, n) for n in dirs + files]:
-            st = os.lstat(name)
-            out[os.path.relpath(name, top)] = (st.st_uid, st.st_gid)
-    return out
-
-
-def root_cli(caps: str, data: str, *args: str) -> subprocess.CompletedProcess:
-    """``stalwart-cli`` as root holding only the capabilities ``caps``, kept across its own setuid
-    (no_setuid_fixup). This test venv's interpreter lives under /root (0700): once the CLI is nobody
-    it still imports lazily from there, which dac_read_search allows; it grants no write access."""
-    cli_path = os.path.join(os.path.dirname(sys.executable), "stalwart-cli")
-    return subprocess.run(["setpriv", "--securebits", "+no_setuid_fixup", "--bounding-set", f"-all,{caps}",
-                           cli_path, "--data-dir", data, *args], capture_output=True, text=True, timeout=30)
 
 
 def renew_as(user, data: str) -> int:

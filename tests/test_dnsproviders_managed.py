@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from knot_util import HAVE_KNOT, Knot
+from rootcli import needs_root, owners, root_cli
 from stalwart.config import parse_bytes  # the model first: it imports the provider structs
 from stalwart.services.dnsproviders.managed import caa_family, managed_records, owned_txt, publish, txt_family
 
@@ -130,5 +132,52 @@ def test_withdrawn_groups_lose_only_what_the_server_published(tmp_path):
         assert knot.txt("example.test") == ["google-site-verification=abc", "v=spf1 mx -all"]
         assert knot.txt("srvnote.example.test") == ["hand-made"]
         assert asyncio.run(publish(parse(cfg), "example.test", data)) == []  # nothing left to withdraw
+    finally:
+        knot.stop()
+
+
+@pytest.fixture
+def nobody_data_dir():
+    """An empty data directory owned by ``nobody`` (the service user), reachable by it."""
+    import pwd
+    import shutil
+    import tempfile
+
+    user = pwd.getpwnam("nobody")
+    top = tempfile.mkdtemp(prefix="dns-owner-", dir="/tmp")
+    try:
+        os.chmod(top, 0o755)
+        data = os.path.join(top, "data")
+        os.mkdir(data, 0o700)
+        os.chown(data, user.pw_uid, user.pw_gid)
+        yield data, user
+    finally:
+        shutil.rmtree(top)
+
+
+@needs_root
+@pytest.mark.skipif(not HAVE_KNOT, reason="knot is not installed (scripts/test-deps)")
+def test_root_publish_writes_as_the_owner_of_the_data_directory(tmp_path, nobody_data_dir):
+    """`sudo stalwart-cli dns-records D --publish` records what it published as the server's user, so
+    the server can later update that record (and withdraw what it published); a root that cannot
+    switch touches nothing."""
+    data, user = nobody_data_dir
+    knot = Knot(str(tmp_path / "knot"), records=FOREIGN).start()
+    try:
+        path = tmp_path / "config.json"  # root-only, like /etc: read before the CLI switches
+        path.write_text(json.dumps(config(knot.server())))
+        refused = root_cli("+dac_read_search", data, "dns-records", "example.test", "--publish", "--config", str(path))
+        assert refused.returncode == 1, refused.stderr
+        assert "cannot switch to that user" in refused.stderr
+        assert os.listdir(data) == [] and knot.query("example.test", "MX") == ["50 backup.other.test."]
+
+        out = root_cli("+setuid,+setgid,+dac_read_search", data, "dns-records", "example.test", "--publish",
+                       "--config", str(path))
+        assert out.returncode == 0, out.stderr
+        assert f"acting as nobody:nogroup (uid {user.pw_uid}, gid {user.pw_gid}), the owner of {data}" in out.stderr
+        assert knot.query("example.test", "MX") == ["10 mail.example.test.", "50 backup.other.test."]
+        found = owners(data)
+        assert "dns/published/example.test.json" in found, sorted(found)
+        assert {p: o for p, o in found.items() if o != (user.pw_uid, user.pw_gid)} == {}
     finally:
         knot.stop()
