@@ -12,8 +12,8 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from kernels import kernel_fixture
+
 from stalwart._fast import load
 from stalwart.mailstore import MailStore
 from stalwart.mailstore.committer import Committer

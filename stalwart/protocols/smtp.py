@@ -19,8 +19,8 @@ import re
 from typing import TYPE_CHECKING
 
 from .. import events
-from ..mailstore import committer
 from ..accounts import AccountEntry, sasl
+from ..mailstore import committer
 from . import mailcommon
 from .base import SessionContext
 from .lines import LineSession
