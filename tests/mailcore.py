@@ -3,13 +3,29 @@ temporary directory, and a driver loop that runs Blocking jobs inline."""
 from __future__ import annotations
 
 import random
+import re
 
 from stalwart import events
 from stalwart.accounts import Directory, hash_password, parse_hash
 from stalwart.accounts.directory import AccountEntry
 from stalwart.mailstore import MailStore
-from stalwart.protocols.base import NEED_DATA, Blocking, Delay, Send, SessionContext, StartTls, Timer
+from stalwart.protocols.base import (
+    NEED_DATA,
+    Blocking,
+    Delay,
+    Send,
+    SessionContext,
+    StartTls,
+    Timer,
+)
 from stalwart.protocols.mailcommon import MailServices
+
+
+def arrival_sorted(names) -> list[str]:
+    """Maildir file names in arrival order: digit runs compared as numbers (``M862`` before
+    ``M374076`` within one second: the microseconds are not zero-padded, so text order is wrong)."""
+    return sorted(names, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"([0-9]+)", n)])
+
 
 PASSWORDS = {"jane": "jane-secret", "bob": "bob-secret"}
 

@@ -7,6 +7,8 @@ import socket
 import time
 
 from harness import Server, free_port, listener
+from mailcore import arrival_sorted
+
 from stalwart._fast import proxy_py
 from stalwart.accounts import hash_password
 from stalwart.services.geo.mmdb import asn_record, country_record, write_database
@@ -49,7 +51,7 @@ def test_received_header_and_events_carry_asn_and_country(tmp_path):
             assert s.getreply()[0] == 220
             s.sendmail("sender@example.net", ["jane@example.org"], b"Subject: hi\r\n\r\nhello\r\n")
             s.quit()
-            names = sorted(os.listdir(new))
+            names = arrival_sorted(os.listdir(new))
             last = open(os.path.join(new, names[-1]), "rb").read()
             if b"AS64500" in last:
                 message = last

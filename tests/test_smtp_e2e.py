@@ -1,7 +1,6 @@
 """SMTP, submission and LMTP through a real stalwartd with real clients (smtplib, swaks)."""
 import json
 import os
-import re
 import shutil
 import signal
 import smtplib
@@ -10,8 +9,9 @@ import subprocess
 import time
 
 import pytest
-
 from harness import Server, client_ctx, free_port, listener, recv_line
+from mailcore import arrival_sorted
+
 from stalwart.accounts import hash_password
 
 
@@ -44,17 +44,11 @@ def mail_server(tmp_path_factory):
     srv.stop()
 
 
-def _arrival(name: str) -> list:
-    """Maildir names in arrival order: digit runs compared as numbers (``M862`` before ``M374076``
-    within one second; as text it would sort after)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"([0-9]+)", name)]
-
-
 def inbox(srv, account):
     new = os.path.join(srv.data_dir, "mail", account, "new")
     if not os.path.isdir(new):
         return []
-    return [open(os.path.join(new, n), "rb").read() for n in sorted(os.listdir(new), key=_arrival)]
+    return [open(os.path.join(new, n), "rb").read() for n in arrival_sorted(os.listdir(new))]
 
 
 def wait_inbox(srv, account, n, timeout=5.0):
