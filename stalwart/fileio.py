@@ -30,13 +30,17 @@ def write_durable(path: str, fill) -> None:
     the size that makes it readable are durable on return. On any failure the file is removed."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        fill(fd)
-        os.fdatasync(fd)
+        try:
+            fill(fd)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)  # a failed close (NFS reports write errors here) fails the whole write
     except BaseException:
-        os.close(fd)
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass  # the first error is the one to report
         raise
-    os.close(fd)
 
 
 def try_flock(path: str, exclusive: bool = True) -> int | None:

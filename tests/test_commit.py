@@ -27,15 +27,17 @@ def test_compiled_kernel_is_really_compiled():
 
 
 def wait_all(q, tokens, timeout=20.0):
-    """Drain until every token came back: {token: errno}; each token exactly once."""
+    """Drain until every token came back: {token: errno}; each token exactly once. A job is
+    published (renamed) exactly when it succeeded, in these tests (no directory fsync fails)."""
     got: dict[int, int] = {}
     deadline = time.monotonic() + timeout
     while set(got) != set(tokens):
         left = deadline - time.monotonic()
         assert left > 0, f"missing {set(tokens) - set(got)}"
         select.select([q.fileno()], [], [], left)
-        for token, err in q.drain():
+        for token, err, published in q.drain():
             assert token not in got, "a token came back twice"
+            assert published == (err == 0)
             got[token] = err
     return got
 
@@ -101,25 +103,82 @@ def test_errors_come_back_as_errno_and_clean_up(commit, tmp_path):
     assert os.listdir(d / "new") == []
 
 
-def test_bad_calls_are_refused(commit, tmp_path):
+def test_bad_calls_are_refused_alike(commit, tmp_path):
+    """Both twins refuse the same calls with the same exceptions, checked in the same order."""
     d = mailbox(tmp_path)
     q = commit.CommitQueue(1)
     with pytest.raises(ValueError):
         q.submit(1, b"a\0b", b"c", b"d", b"e")
-    with pytest.raises(TypeError):
-        q.submit(1, "str path", b"c", b"d", b"e")
+    for bad in (("str path", b"c", b"d", b"e"), (b"a", b"c", b"d", bytearray(b"e")), (b"a", b"c", None, b"e")):
+        with pytest.raises(TypeError):
+            q.submit(1, *bad)
+    for token in ("x", 1.0, None):
+        with pytest.raises(TypeError):
+            q.submit(token, *job(d, 1, b"x"))
+    for token in (1 << 63, -(1 << 63) - 1, 1 << 70):
+        with pytest.raises(OverflowError):
+            q.submit(token, *job(d, 1, b"x"))
     q.submit(7, *job(d, 7, b"x"))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="already queued"):
         q.submit(7, *job(d, 8, b"y"))  # token 7 is still queued or not drained
     assert wait_all(q, [7]) == {7: 0}
     q.submit(7, *job(d, 9, b"z"))  # drained: the token may be used again
     assert wait_all(q, [7]) == {7: 0}
     q.close()
     q.close()  # idempotent
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="closed"):
         q.submit(8, *job(d, 10, b"w"))
-    with pytest.raises(ValueError):
-        commit.CommitQueue(0)
+    with pytest.raises(ValueError, match="closed"):
+        q.submit(None, None, None, None, None)  # closed is said first, whatever the arguments
+    for threads in (0, -1):
+        with pytest.raises(ValueError):
+            commit.CommitQueue(threads)
+    for threads in (2.5, "2", None):
+        with pytest.raises(TypeError):
+            commit.CommitQueue(threads)
+
+
+def test_a_forked_child_cannot_use_the_parents_queue(commit, tmp_path):
+    d = mailbox(tmp_path)
+    q = commit.CommitQueue(1)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            code = 3
+            try:
+                q.submit(1, *job(d, 1, b"x"))
+                code = 1
+            except ValueError as exc:
+                code = 0 if "forked child" in str(exc) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        q.submit(2, *job(d, 2, b"y"))  # the parent's queue still works
+        assert wait_all(q, [2]) == {2: 0}
+    finally:
+        q.close()
+
+
+def test_a_dropped_queue_finishes_its_jobs_and_frees_them(commit, tmp_path):
+    """Review finding: dropped in a reference cycle, the kernel's GC clear freed the buffers its
+    threads were still writing (EFAULT, messages lost). Now the jobs own their references and the
+    queue finishes them before anything is freed."""
+    import gc
+
+    d = mailbox(tmp_path)
+    q = commit.CommitQueue(2)
+    holder = {"q": q}
+    holder["self"] = holder  # only cyclic garbage keeps the queue alive
+    for i in range(200):
+        q.submit(i, *job(d, i, bytes([i % 256]) * 50_000))
+    del q, holder
+    gc.collect()
+    names = os.listdir(d / "new")
+    assert len(names) == 200
+    for name in names:
+        assert (d / "new" / name).read_bytes() == bytes([int(name) % 256]) * 50_000
+    assert os.listdir(d / "tmp") == []
 
 
 def test_close_finishes_what_was_queued(commit, tmp_path):
@@ -128,8 +187,8 @@ def test_close_finishes_what_was_queued(commit, tmp_path):
     for i in range(200):
         q.submit(i, *job(d, i, b"m%d" % i))
     q.close()  # returns once every queued job is done; the results are still there to drain
-    got = dict(q.drain())
-    assert got == {i: 0 for i in range(200)}
+    got = {token: (err, published) for token, err, published in q.drain()}
+    assert got == {i: (0, True) for i in range(200)}
     assert len(os.listdir(d / "new")) == 200
 
 
@@ -191,6 +250,25 @@ def test_committer_delivers_through_the_kernel_and_creates_new_mailboxes(tmp_pat
         == [b"Subject: hi\r\n\r\nbody\r\n"]
     for n in many:
         assert os.path.exists(os.path.join(old.path, "new", n))
+
+
+def test_committer_falls_back_to_a_thread_when_closed_under_it(tmp_path):
+    """Review finding: gather() starts the per-mailbox deliveries a loop pass later; a worker closing
+    the committer in between made them fail (451). They now take the thread path."""
+    import concurrent.futures
+
+    store = MailStore(str(tmp_path / "data"))
+    store.maildir("u").ensure()
+
+    async def main():
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            c = Committer(asyncio.get_running_loop(), pool, 1)
+            pending = asyncio.ensure_future(store.deliver_async(c, b"late", ["u"]))
+            c.close()
+            return await pending
+
+    assert run(main()) == {"u": None}
+    assert len(os.listdir(tmp_path / "data" / "mail" / "u" / "new")) == 1
 
 
 def test_committer_reports_a_storage_error_per_mailbox(tmp_path):
@@ -266,3 +344,47 @@ def test_smtp_delivery_falls_back_to_a_thread_once_the_committer_is_gone(tmp_pat
     assert out == {"u": None}
     (name,) = os.listdir(tmp_path / "data" / "mail" / "u" / "new")
     assert (tmp_path / "data" / "mail" / "u" / "new" / name).read_bytes().endswith(b"Subject: s\r\n\r\nb\r\n")
+
+
+class _FailAfterRename:
+    """A kernel whose every job was renamed into new/ and then failed its directory fsync with
+    ENOENT (the mailbox was removed in that gap)."""
+
+    class CommitQueue:
+        def __init__(self, threads):
+            self.efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self.done = []
+
+        def fileno(self):
+            return self.efd
+
+        def submit(self, token, tmp, final, directory, data):
+            self.done.append((token, errno.ENOENT, True))
+            os.eventfd_write(self.efd, 1)
+
+        def drain(self):
+            done, self.done = self.done, []
+            return done
+
+        def close(self):
+            os.close(self.efd)
+
+
+def test_enoent_after_the_rename_is_an_error_not_a_second_copy(tmp_path):
+    """Review finding: only a missing tmp/ or new/ before the rename means "create the mailbox and
+    deliver"; after it the message is in new/ already, so a retry would store it twice."""
+    import concurrent.futures
+
+    store = MailStore(str(tmp_path / "data"))
+
+    async def main():
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            c = Committer(asyncio.get_running_loop(), pool, 1, kernel=_FailAfterRename)
+            try:
+                return await store.deliver_async(c, b"x", ["u"])
+            finally:
+                c.close()
+
+    out = run(main())
+    assert isinstance(out["u"], OSError) and out["u"].errno == errno.ENOENT
+    assert not os.path.exists(tmp_path / "data" / "mail" / "u")  # the thread path never ran

@@ -14,14 +14,22 @@ threads run all the syscalls in C, and finished jobs come back in batches throug
 watches: the GIL is only ever held by the loop thread.
 
 API (same in the twin): ``CommitQueue(threads)``, ``fileno()`` (readable when jobs finished),
-``submit(token, tmp, final, directory, data)`` with ``bytes`` paths, ``drain()`` -> list of
-``(token, errno)`` (0 = durable), ``close()`` (finishes the queued jobs, then joins the threads).
+``submit(token, tmp, final, directory, data)`` with ``bytes`` paths and data, ``drain()`` -> list
+of ``(token, errno, published)``: errno 0 means durable; ``published`` says whether the rename was
+done (an error after it came from the directory fsync), ``close()`` (finishes the queued jobs, then
+joins the threads). Bad calls raise, in this order and in both twins: ValueError (closed, or used
+in a forked child), TypeError (a token that is not an integer, an argument that is not exactly
+``bytes``), OverflowError (a token outside 64 bits), ValueError (a NUL in a path, a token queued
+and not yet drained).
 """
+cimport cython
+from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF
 from libc.errno cimport EINTR, errno
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, strcmp, strlen
 
+import operator
 import os
 
 
@@ -49,6 +57,7 @@ cdef extern from "<signal.h>" nogil:
     int sigfillset(sigset_t *s)
     int pthread_sigmask(int how, const sigset_t *s, sigset_t *old)
     int SIG_BLOCK
+    int SIG_SETMASK
 
 cdef extern from "<fcntl.h>" nogil:
     int c_open "open"(const char *path, int flags, ...)
@@ -60,6 +69,7 @@ cdef extern from "<unistd.h>" nogil:
     int c_fdatasync "fdatasync"(int fd)
     int c_fsync "fsync"(int fd)
     int c_unlink "unlink"(const char *path)
+    int c_getpid "getpid"()
 
 cdef extern from "<stdio.h>" nogil:
     int c_rename "rename"(const char *old, const char *new)
@@ -71,12 +81,14 @@ cdef enum:
 
 cdef struct Job:
     long long token
+    PyObject *keep  # a tuple of the four bytes objects below: owned by the job until it is drained
     const char *tmp
     const char *final
     const char *directory
     const char *data
     size_t size
     int err
+    int published  # the rename was done (an error after it is the directory fsync's)
     Job *next
 
 
@@ -120,7 +132,8 @@ cdef int _fsync_dir(const char *path) noexcept nogil:
 
 
 cdef int _store(Job *job) noexcept nogil:
-    """tmp written and fdatasynced, then renamed to final; 0 or the errno. tmp never outlives a failure."""
+    """tmp written and fdatasynced, then renamed to final; 0 or the errno. tmp never outlives a
+    failure (except a failed open: the name may be another writer's)."""
     cdef int fd = _open_retry(job.tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC)
     cdef size_t off = 0
     cdef ssize_t n
@@ -227,6 +240,7 @@ cdef void *_run(void *arg) noexcept nogil:
         pthread_mutex_unlock(&sh.mu)
         job.err = _store(job)
         if job.err == 0:
+            job.published = 1
             job.err = _dir_sync(sh, job.directory)
         pthread_mutex_lock(&sh.mu)
         job.next = sh.done_head
@@ -237,62 +251,92 @@ cdef void *_run(void *arg) noexcept nogil:
     return NULL
 
 
+cdef void _free_jobs(Job *job) noexcept:
+    """Free a list of finished jobs (GIL held: drops their references)."""
+    cdef Job *nxt
+    while job != NULL:
+        nxt = job.next
+        Py_DECREF(<object>job.keep)
+        free(job)
+        job = nxt
+
+
+@cython.no_gc_clear  # the references the C threads read must outlive close() in __dealloc__
 cdef class CommitQueue:
     cdef Shared *sh
     cdef pthread_t *threads
     cdef int nthreads
-    cdef object efd
-    cdef dict refs  # token -> the bytes objects a queued job points into (kept alive until drained)
+    cdef int pid  # the creating process: threads do not survive fork()
+    cdef bint closed
+    cdef set queued  # tokens submitted and not yet drained
 
-    def __cinit__(self, int threads=8):
-        if threads < 1:
+    def __cinit__(self, threads=8):
+        cdef int i, rc
+        cdef int n = operator.index(threads)
+        cdef sigset_t all_signals, old
+        if n < 1:
             raise ValueError("threads must be at least 1")
+        self.queued = set()
         self.sh = <Shared *>calloc(1, sizeof(Shared))
         if self.sh == NULL:
             raise MemoryError()
+        self.sh.efd = -1
         pthread_mutex_init(&self.sh.mu, NULL)
         pthread_cond_init(&self.sh.work, NULL)
         pthread_cond_init(&self.sh.synced, NULL)
-        self.refs = {}
-        self.efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self.sh.efd = self.efd
-        self.threads = <pthread_t *>calloc(threads, sizeof(pthread_t))
+        self.sh.efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.pid = c_getpid()
+        self.threads = <pthread_t *>calloc(n, sizeof(pthread_t))
         if self.threads == NULL:
             raise MemoryError()
-        cdef int i, rc
-        for i in range(threads):
-            rc = pthread_create(&self.threads[i], NULL, _run, self.sh)
-            if rc != 0:
-                self.close()
-                raise OSError(rc, os.strerror(rc))
-            self.nthreads += 1
+        # New threads start with every signal blocked: they are for the event loop thread.
+        sigfillset(&all_signals)
+        pthread_sigmask(SIG_BLOCK, &all_signals, &old)
+        try:
+            for i in range(n):
+                rc = pthread_create(&self.threads[i], NULL, _run, self.sh)
+                if rc != 0:
+                    self.close()
+                    raise OSError(rc, os.strerror(rc))
+                self.nthreads += 1
+        finally:
+            pthread_sigmask(SIG_SETMASK, &old, NULL)
+
+    cdef _check_open(self):
+        if self.closed or self.sh == NULL:
+            raise ValueError("CommitQueue is closed")
+        if c_getpid() != self.pid:
+            raise ValueError("CommitQueue used in a forked child (its threads did not survive fork)")
 
     def fileno(self):
-        if self.efd is None:
-            raise ValueError("CommitQueue is closed")
-        return self.efd
+        self._check_open()
+        return self.sh.efd
 
-    def submit(self, long long token, bytes tmp not None, bytes final not None, bytes directory not None,
-               bytes data not None):
-        if self.sh == NULL or self.sh.stopping:
-            raise ValueError("CommitQueue is closed")
-        if token in self.refs:
-            raise ValueError(f"token {token} is already queued")
+    def submit(self, token, tmp, final, directory, data):
+        self._check_open()
+        token = operator.index(token)
+        for value in (tmp, final, directory, data):
+            if type(value) is not bytes:
+                raise TypeError(f"expected bytes, got {type(value).__name__}")
+        cdef long long tok = token  # OverflowError outside 64 bits
         for path in (tmp, final, directory):
             if b"\0" in path:
                 raise ValueError("embedded NUL byte in a path")
-        cdef Job *job = <Job *>malloc(sizeof(Job))
+        if token in self.queued:
+            raise ValueError(f"token {token} is already queued")
+        cdef Job *job = <Job *>calloc(1, sizeof(Job))
         if job == NULL:
             raise MemoryError()
-        self.refs[token] = (tmp, final, directory, data)
-        job.token = token
-        job.tmp = tmp
-        job.final = final
-        job.directory = directory
-        job.data = data
-        job.size = len(data)
-        job.err = 0
-        job.next = NULL
+        keep = (tmp, final, directory, data)
+        Py_INCREF(keep)  # released by drain() or __dealloc__, once no thread reads these buffers
+        job.keep = <PyObject *>keep
+        job.token = tok
+        job.tmp = <bytes>tmp
+        job.final = <bytes>final
+        job.directory = <bytes>directory
+        job.data = <bytes>data
+        job.size = len(<bytes>data)
+        self.queued.add(token)
         with nogil:
             pthread_mutex_lock(&self.sh.mu)
             if self.sh.pend_tail == NULL:
@@ -304,35 +348,38 @@ cdef class CommitQueue:
             pthread_mutex_unlock(&self.sh.mu)
 
     def drain(self):
-        """Every job finished since the last call: ``[(token, errno), ...]`` (errno 0: durable)."""
+        """Every job finished since the last call, oldest first: ``[(token, errno, published), ...]``."""
         cdef Job *job
-        cdef Job *nxt
+        cdef Job *head
         if self.sh == NULL:
             return []
         try:
-            os.eventfd_read(self.efd)  # first: a job finishing after this read writes it again
+            os.eventfd_read(self.sh.efd)  # first: a job finishing after this read writes it again
         except BlockingIOError:
             pass
         with nogil:
             pthread_mutex_lock(&self.sh.mu)
-            job = self.sh.done_head
+            head = self.sh.done_head
             self.sh.done_head = NULL
             pthread_mutex_unlock(&self.sh.mu)
         out = []
+        job = head
         while job != NULL:
-            nxt = job.next
-            out.append((job.token, job.err))
-            self.refs.pop(job.token, None)
-            free(job)
-            job = nxt
-        out.reverse()  # oldest first
+            out.append((job.token, job.err, bool(job.published)))
+            self.queued.discard(job.token)
+            job = job.next
+        _free_jobs(head)
+        out.reverse()
         return out
 
     def close(self):
         """Finish every queued job, join the threads; their results stay available to :meth:`drain`."""
         cdef int i
+        self.closed = True
         if self.sh == NULL or self.threads == NULL:
             return
+        if c_getpid() != self.pid:
+            return  # a forked child: the threads are not ours to join
         with nogil:
             pthread_mutex_lock(&self.sh.mu)
             self.sh.stopping = 1
@@ -345,21 +392,17 @@ cdef class CommitQueue:
         self.threads = NULL
 
     def __dealloc__(self):
-        cdef Job *job
-        cdef Job *nxt
         if self.sh == NULL:
             return
+        if self.threads != NULL and c_getpid() != self.pid:
+            return  # a forked child's copy: leak it rather than free what no thread here may touch
         self.close()
-        job = self.sh.done_head
-        while job != NULL:
-            nxt = job.next
-            free(job)
-            job = nxt
+        _free_jobs(self.sh.done_head)
+        self.sh.done_head = NULL
         pthread_cond_destroy(&self.sh.work)
         pthread_cond_destroy(&self.sh.synced)
         pthread_mutex_destroy(&self.sh.mu)
+        if self.sh.efd >= 0:
+            os.close(self.sh.efd)
         free(self.sh)
         self.sh = NULL
-        if self.efd is not None:
-            os.close(self.efd)
-            self.efd = None

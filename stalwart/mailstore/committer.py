@@ -30,6 +30,8 @@ class Committer:
 
     async def deliver(self, maildir: Maildir, message: bytes) -> str:
         """Like :meth:`Maildir.deliver`, awaited on the loop: the unique name once it is durable."""
+        if self._closed:  # the worker closed it after the session chose this path
+            return await self._loop.run_in_executor(self._executor, maildir.deliver, message)
         name, tmp, final, directory = maildir.delivery_paths(len(message))
         token = next(self._tokens)
         fut = self._loop.create_future()
@@ -39,20 +41,21 @@ class Committer:
         except BaseException:
             del self._waiting[token]
             raise
-        err = await fut
+        err, published = await fut
         if err == 0:
             return name
-        if err == errno.ENOENT:
-            # The mailbox does not exist yet (first message of an account) or was removed: the
-            # thread path creates its directories and delivers.
+        if err == errno.ENOENT and not published:
+            # tmp/ or new/ is missing: the mailbox does not exist yet (first message of an account)
+            # or was removed. The thread path creates its directories and delivers. Not after the
+            # rename (published): the message is in new/ already, only its fsync failed.
             return await self._loop.run_in_executor(self._executor, maildir.deliver, message)
-        raise OSError(err, os.strerror(err), tmp)
+        raise OSError(err, os.strerror(err), final if published else tmp)
 
     def _drain(self) -> None:
-        for token, err in self._queue.drain():
+        for token, err, published in self._queue.drain():
             fut = self._waiting.pop(token, None)
             if fut is not None and not fut.done():  # done: the session went away (cancelled)
-                fut.set_result(err)
+                fut.set_result((err, published))
 
     def close(self) -> None:
         """Finish the queued deliveries (their sessions may be gone; the messages are kept)."""

@@ -198,8 +198,16 @@ class Maildir:
     def ensure(self) -> None:
         if os.path.isdir(os.path.join(self.path, "cur")):
             return  # created last (below): the other two exist too
+        parent = os.path.dirname(self.path)
+        fresh = not os.path.isdir(parent)
         for sub in ("tmp", "new", "cur"):
             os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+        # The first message's 250 must not outlive its mailbox after a crash: the new directory
+        # entries are made durable too (the mailbox in mail/, and mail/ itself when it is new).
+        fsync_dir(self.path)
+        fsync_dir(parent)
+        if fresh:
+            fsync_dir(os.path.dirname(parent))
 
     # -- delivery --------------------------------------------------------------------------------
     def delivery_paths(self, size: int) -> tuple[str, str, str, str]:
