@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -388,3 +389,69 @@ def test_enoent_after_the_rename_is_an_error_not_a_second_copy(tmp_path):
     out = run(main())
     assert isinstance(out["u"], OSError) and out["u"].errno == errno.ENOENT
     assert not os.path.exists(tmp_path / "data" / "mail" / "u")  # the thread path never ran
+
+
+@pytest.mark.slow
+def test_every_acknowledged_message_is_in_new_after_sigkill_under_load(tmp_path):
+    """The real server under concurrent SMTP load, master and workers killed with SIGKILL: every
+    message that got its 250 is in new/, whole, and new/ holds nothing half-written."""
+    import smtplib
+    import threading
+
+    from harness import Server, free_port, listener
+
+    from stalwart.accounts import hash_password
+
+    port = free_port()
+    srv = Server(tmp_path / "srv", {
+        "SystemSettings": {"defaultHostname": "mx.example.test", "threadPoolSize": 2},
+        "NetworkListener": [listener("smtp", "smtp", port)],
+        "Domain": [{"name": "example.org"}],
+        "Account": [{"name": "jane", "secret": hash_password("pw", ln=4), "emails": ["jane@example.org"]},
+                    {"name": "bob", "secret": hash_password("pw", ln=4), "emails": ["bob@example.org"]}],
+    }).start()
+    acked: list[bytes] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def client(n):
+        for i in range(2000):  # bounded; stopped by the kill long before
+            if stop.is_set():
+                return
+            tag = b"c%d-m%d" % (n, i)
+            body = b"Subject: " + tag + b"\r\n\r\n" + tag * 200 + b"\r\n"
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                    if s.sendmail("a@remote.test", ["jane@example.org", "bob@example.org"], body) == {}:
+                        with lock:
+                            acked.append(tag)
+            except (OSError, smtplib.SMTPException):
+                return  # the server is gone
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while len(acked) < 300 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for pid in [srv.pid, *srv.workers()]:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(20)
+        srv.proc.wait(10)
+        srv.stop()
+    assert len(acked) >= 300
+    for account in ("jane", "bob"):
+        new = Path(srv.data_dir) / "mail" / account / "new"
+        stored = {}
+        for name in os.listdir(new):
+            data = (new / name).read_bytes()
+            head, _, rest = data.partition(b"\r\nSubject: ")
+            tag = rest.split(b"\r\n", 1)[0]
+            assert rest == tag + b"\r\n\r\n" + tag * 200 + b"\r\n", f"{name} is not whole"
+            stored[tag] = name
+        missing = [t for t in acked if t not in stored]
+        assert missing == [], f"{len(missing)} acknowledged messages missing in {account}'s new/"
