@@ -160,8 +160,6 @@ def copy_file(src: int, dst: int, offset: int, count: int) -> None:
         count -= len(chunk)
 
 
-
-
 _DIGITS = re.compile(r"([0-9]+)")
 
 

@@ -7,8 +7,10 @@ status codes), RFC 6409 (submission: relaying only for authenticated sessions).
 Recipients in a local ``Domain`` must belong to an ``Account`` (``550 5.1.1``); other domains are
 refused to anonymous clients (``554 5.7.1 Relay access denied``) and, since this server has no
 outbound queue, answered ``451`` for authenticated ones. An accepted message gets a ``Received:``
-header and is stored in each recipient's Maildir by a :class:`~.base.Blocking` job; the ``250``
-(or LMTP's per-recipient replies) goes out only once the job has fsynced it. A body larger than
+header and is stored in each recipient's Maildir, through the worker's committer (an
+:class:`~.base.Awaiting` job on the C threads of ``mailstore.committer``) or, without one, a
+:class:`~.base.Blocking` job; the ``250`` (or LMTP's per-recipient replies) goes out only once the
+message is fsynced. A body larger than
 ``spool_threshold`` goes to a spool file while it arrives (``smtp_data``, ``mailstore.spool``).
 """
 from __future__ import annotations
