@@ -222,11 +222,9 @@ cdef int _dir_sync(Shared *sh, const char *path) noexcept nogil:
 cdef void *_run(void *arg) noexcept nogil:
     cdef Shared *sh = <Shared *>arg
     cdef Job *job
-    cdef sigset_t all_signals
     cdef uint64_t one = 1
-    # Signals are for the event loop thread; syscalls here are never interrupted by them.
-    sigfillset(&all_signals)
-    pthread_sigmask(SIG_BLOCK, &all_signals, NULL)
+    # Every signal is blocked here (inherited from __cinit__, which creates the threads that way):
+    # signals are for the event loop thread, and these syscalls are never interrupted by them.
     pthread_mutex_lock(&sh.mu)
     while True:
         while sh.pend_head == NULL and not sh.stopping:
